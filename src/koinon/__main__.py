@@ -1,0 +1,3 @@
+from koinon.cli.main import main
+
+raise SystemExit(main())

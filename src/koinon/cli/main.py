@@ -1,0 +1,182 @@
+"""``koinon``: the command-line interface. Every command's ``--help`` shows an example."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from koinon import __version__
+from koinon.errors import KoinonError
+
+EPILOG = {
+    "id": "example:\n  koinon id --home ~/.koinon",
+    "start": (
+        "examples:\n"
+        "  koinon start                                   # first peer, trains on the Python standard library\n"
+        "  koinon start --data ~/corpus --initial-peers /ip4/203.0.113.5/tcp/31337/p2p/12D3KooW...\n"
+        "  koinon start --listen /ip4/0.0.0.0/tcp/31337 --announce /ip4/203.0.113.5/tcp/31337"
+    ),
+    "demo": "examples:\n  koinon demo\n  koinon demo --peers 4 --minutes 10 --summary-json summary.json",
+}
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("KOINON_HOME", Path.home() / ".koinon"))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="koinon",
+        description="Train, verify, govern and serve AI models together over a peer-to-peer network.",
+    )
+    p.add_argument("--version", action="version", version=f"koinon {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="show detailed logs and tracebacks")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG.get(name),
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="show detailed logs and tracebacks")
+        return sp
+
+    sp = add("id", "Create this member's Ed25519 identity, or show it if it exists.")
+    sp.add_argument("--home", type=Path, default=default_home(), help="member folder (default: $KOINON_HOME or ~/.koinon)")
+
+    sp = add("start", "Run one peer: join (or found) a swarm and train the shared model until Ctrl-C.")
+    _add_peer_arguments(sp)
+
+    sp = add("demo", "Run a local swarm of separate peer processes on 127.0.0.1 for a few minutes, then summarise.")
+    sp.add_argument("--peers", type=int, default=3, help="number of peer processes (default 3)")
+    sp.add_argument("--minutes", type=float, default=3.0, help="training time in minutes (default 3)")
+    sp.add_argument("--workdir", type=Path, default=None, help="where peer homes go (default: a new folder in runs/)")
+    sp.add_argument("--summary-json", type=Path, default=None, help="also write the end summary as JSON here")
+    sp.add_argument("--data", type=Path, nargs="+", default=None, help="text files or folders (default: Python stdlib)")
+    sp.add_argument("--inner-steps", type=int, default=None, help="H, inner steps per round (default 50)")
+    sp.add_argument("--model-size", default=None, choices=["tiny", "small", "base"], help="default tiny")
+    sp.add_argument("--compression", default=None, choices=["fp16", "int8", "none"], help="default fp16")
+    return p
+
+
+def _add_peer_arguments(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--home", type=Path, default=default_home(), help="member folder (default: $KOINON_HOME or ~/.koinon)")
+    sp.add_argument("--data", type=Path, nargs="+", default=None,
+                    help="text files or folders to train on (default: the Python standard library's .py files)")
+    sp.add_argument("--initial-peers", nargs="+", default=[], metavar="MADDR",
+                    help="multiaddr of any running peer (printed when it starts); omit to found a new swarm")
+    sp.add_argument("--listen", nargs="+", default=["/ip4/0.0.0.0/tcp/0"], metavar="MADDR",
+                    help="addresses to listen on (default /ip4/0.0.0.0/tcp/0: all interfaces, a free port)")
+    sp.add_argument("--announce", nargs="+", default=[], metavar="MADDR",
+                    help="public addresses to tell others (behind NAT/port forwarding)")
+    sp.add_argument("--swarm", default="koinon", help="swarm name: peers with another name never mix (default koinon)")
+    sp.add_argument("--inner-steps", type=int, default=None, help="H: inner AdamW steps per round (default 50)")
+    sp.add_argument("--outer-lr", type=float, default=None, help="outer Nesterov SGD learning rate (default 0.7)")
+    sp.add_argument("--batch-size", type=int, default=None, help="sequences per inner step (default 8)")
+    sp.add_argument("--seq-len", type=int, default=None, help="tokens (bytes) per sequence (default 128)")
+    sp.add_argument("--model-size", default=None, choices=["tiny", "small", "base"], help="default tiny (0.46 M)")
+    sp.add_argument("--compression", default=None, choices=["fp16", "int8", "none"],
+                    help="pseudo-gradient encoding on the wire (default fp16)")
+    sp.add_argument("--rounds", type=int, default=None, help="stop after this many rounds (default: run until Ctrl-C)")
+    sp.add_argument("--wait-for-peers", type=int, default=1, help="before round 1, wait until N peers are up")
+    sp.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    sp.add_argument("--matchmaking-time", type=float, default=2.0, help="seconds to gather a group (default 2)")
+    sp.add_argument("--averaging-timeout", type=float, default=30.0, help="seconds before a hung round is dropped")
+    sp.add_argument("--attack", default=None, choices=["nan"],
+                    help="TESTING TOOL: misbehave on purpose (nan: send NaN pseudo-gradients)")
+
+
+def _training_config(args: argparse.Namespace):
+    from koinon.config import TrainingConfig
+
+    overrides = {
+        "inner_steps": getattr(args, "inner_steps", None),
+        "outer_lr": getattr(args, "outer_lr", None),
+        "batch_size": getattr(args, "batch_size", None),
+        "seq_len": getattr(args, "seq_len", None),
+        "model_size": getattr(args, "model_size", None),
+        "compression": getattr(args, "compression", None),
+    }
+    return TrainingConfig(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def cmd_id(args: argparse.Namespace) -> int:
+    from koinon.identity import Identity
+
+    identity, created = Identity.load_or_create(args.home)
+    print(f"{'created' if created else 'member'} {identity.member_id}")
+    print(f"key file {identity.path} (mode {oct(identity.path.stat().st_mode & 0o777)})")
+    return 0
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from koinon.swarm.peer import Peer, PeerOptions
+
+    options = PeerOptions(
+        home=args.home, data=args.data, initial_peers=args.initial_peers, listen=args.listen,
+        announce=args.announce, config=_training_config(args), swarm=args.swarm, max_rounds=args.rounds,
+        wait_for_peers=args.wait_for_peers, threads=args.threads, matchmaking_time=args.matchmaking_time,
+        averaging_timeout=args.averaging_timeout, attack=args.attack,
+    )
+    peer = Peer(options)
+
+    def stop(signum, _frame):
+        logging.getLogger("koinon").info("received %s: leaving after the current step", signal.Signals(signum).name)
+        peer.stop_event.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        maddrs = peer.start()
+        signal.signal(signal.SIGINT, stop)
+        (Path(args.home) / "maddrs").write_text("\n".join(maddrs) + "\n")
+        print(f"member {peer.member}", flush=True)
+        print("others can join with:", flush=True)
+        for m in maddrs:
+            print(f"  koinon start --initial-peers {m}", flush=True)
+        peer.run()
+    finally:
+        peer.close()
+    print(f"left the swarm after round {peer.round}", flush=True)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from koinon.cli.demo import run_demo
+
+    return run_demo(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    verbose = bool(getattr(args, "verbose", False))
+    from koinon.swarm.node import quiet_hivemind
+
+    quiet_hivemind(verbose)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(message)s" if verbose else "%(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if not verbose:
+        for noisy in ("hivemind", "transformers", "matplotlib", "asyncio"):
+            logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    commands = {"id": cmd_id, "start": cmd_start, "demo": cmd_demo}
+    if args.command is None:
+        _parser().print_help()
+        return 2
+    try:
+        return commands[args.command](args)
+    except KoinonError as e:
+        if verbose:
+            raise
+        print(f"koinon: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,394 @@
+"""One training peer: joins the swarm, trains DiLoCo rounds, averages pseudo-gradients exactly, stays in sync.
+
+Round ``r`` on a peer (DESIGN §4; docs/training.md has the full protocol and why it converges):
+
+1. Announce ``(round r, eta)`` in the DHT; train H inner steps on this round's shard (or, on the first round
+   after joining late, contribute nothing: weight 0, Δ = 0).
+2. Average Δ with the round's group through :class:`~koinon.swarm.averaging.ExactAverager`, weighted by samples.
+   Everyone schedules the all-reduce at the latest announced eta, so one slow peer does not split the round.
+   The all-gather carries each member's pre-round state hash (round, θ, outer momentum).
+3. Apply the outer Nesterov step to the identical Δ̄ → bit-identical θ_r on every member that started equal.
+4. The group's *canonical* pre-round state is the one most members held (ties: higher round, then smaller
+   hash); every member computes the same choice from the same gathered data. A member that held another state
+   (it missed a round, or a round split in two) downloads the state of a canonical member and continues from it.
+   A member whose averaging failed entirely does the same with the most advanced live peer.
+
+Every round appends one JSON line to ``$HOME/metrics.jsonl`` (the demo and the tests read it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from koinon.config import TrainingConfig
+from koinon.errors import HashMismatch, KoinonError
+from koinon.identity import Identity, short_id
+from koinon.store.checkpoint import save_checkpoint
+from koinon.swarm import node
+from koinon.swarm.averaging import ExactAverager
+from koinon.swarm.compression import get_compression, roundtrip
+from koinon.training.data import Corpus
+from koinon.training.diloco import InnerTrainer, OuterOptimizer
+from koinon.training.model import build_model, flat_parameters, theta_hash
+
+logger = logging.getLogger("koinon.peer")
+
+ATTACKS = ("nan",)  # testing tools (documented in docs/training.md); issue 5 adds the Byzantine ones
+ANNOUNCE_TTL = 20.0
+
+
+@dataclass
+class PeerOptions:
+    home: Path
+    data: list[Path] | None = None  # None: the Python standard library
+    initial_peers: list[str] = field(default_factory=list)
+    listen: list[str] = field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/0"])
+    announce: list[str] = field(default_factory=list)
+    config: TrainingConfig = field(default_factory=TrainingConfig)
+    swarm: str = "koinon"
+    max_rounds: int | None = None
+    wait_for_peers: int = 1  # before round 1, wait (up to ``wait_timeout``) until this many peers are announced
+    wait_timeout: float = 60.0
+    matchmaking_time: float = 2.0
+    averaging_timeout: float = 30.0
+    threads: int = 0  # torch threads; 0 keeps torch's default
+    checkpoint_every: int = 10
+    attack: str | None = None
+
+
+def state_hash(round_no: int, theta: torch.Tensor, momentum: torch.Tensor) -> str:
+    h = hashlib.sha256(round_no.to_bytes(8, "big"))
+    h.update(theta.numpy().tobytes())
+    h.update(momentum.numpy().tobytes())
+    return h.hexdigest()
+
+
+def choose_canonical(gathered: dict[str, dict]) -> tuple[str, int]:
+    """The pre-round state most members held: (state hash, round). Ties: higher round, then smaller hash."""
+    votes: dict[tuple[str, int], int] = {}
+    for info in gathered.values():
+        key = (str(info["state"]), int(info["round"]))
+        votes[key] = votes.get(key, 0) + 1
+    return min(votes, key=lambda k: (-votes[k], -k[1], k[0]))
+
+
+class Peer:
+    def __init__(self, options: PeerOptions) -> None:
+        self.options = options
+        self.config = options.config
+        self.home = Path(options.home)
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.identity, _ = Identity.load_or_create(self.home)
+        self.member = self.identity.member_id
+        self.stop_event = threading.Event()
+        self.dht = None
+        self.averager = None
+        self._lock = threading.Lock()
+        self._announcement: dict = {}
+        self.metrics_path = self.home / "metrics.jsonl"
+
+        if options.attack is not None and options.attack not in ATTACKS:
+            raise KoinonError(f"unknown attack {options.attack!r}; known: {', '.join(ATTACKS)}")
+        if options.threads:
+            torch.set_num_threads(options.threads)
+        self.corpus = Corpus.from_paths(options.data) if options.data else Corpus.default()
+        self.eval_set = self.corpus.eval_batches(self.config.batch_size, self.config.seq_len)
+        self.model = build_model(self.config)
+        self.theta = flat_parameters(self.model)  # θ: shape (P,)
+        self.outer = OuterOptimizer(self.config.outer_lr, self.config.outer_momentum, self.theta.numel())
+        self.inner = InnerTrainer(self.model, self.config)
+        self.round = 0
+        self.last_group: list[str] = [self.member]
+        self.step_time = 0.1  # seconds per inner step, refined every round
+        self.tokens = 0
+        self.rounds_synced_from_peers = 0
+
+    # --- lifecycle -------------------------------------------------------------------------------------------
+    @property
+    def prefix(self) -> str:
+        return f"{self.options.swarm}_{self.config.config_hash()[:16]}"
+
+    def start(self) -> list[str]:
+        o = self.options
+        self.dht = node.start_dht(self.identity, o.listen, o.initial_peers, o.announce)
+        self.averager = node.start_averager(
+            ExactAverager,
+            [torch.zeros_like(self.theta)],
+            self.dht,
+            start=True,
+            prefix=self.prefix,
+            min_group_size=2,
+            min_matchmaking_time=o.matchmaking_time,
+            request_timeout=min(1.0, o.matchmaking_time / 2),
+            next_chunk_timeout=5.0,
+            allreduce_timeout=o.averaging_timeout,
+            compression=get_compression(self.config.compression),
+            state_compression=get_compression("none"),
+            declare_state_period=5.0,
+        )
+        self.averager.set_state_provider(self._serve_state)
+        threading.Thread(target=self._announce_loop, daemon=True, name="koinon-announce").start()
+        return [str(m) for m in self.dht.get_visible_maddrs()]
+
+    def close(self) -> None:
+        self.stop_event.set()
+        node.shutdown(self.averager, self.dht)
+
+    # --- DHT announcements -------------------------------------------------------------------------------------
+    def _announce(self, **info: object) -> None:
+        with self._lock:
+            self._announcement.update(info, member=self.member)
+        self._store_announcement()
+
+    def _store_announcement(self) -> None:
+        from hivemind.utils import get_dht_time
+
+        with self._lock:
+            value = dict(self._announcement)
+        if self.dht is not None and value:
+            try:
+                self.dht.store(
+                    f"{self.options.swarm}_peers", value, get_dht_time() + ANNOUNCE_TTL, subkey=self.member,
+                    return_future=True,
+                )
+            except Exception as e:  # the next announcement retries
+                logger.debug("announce failed: %r", e)
+
+    def _announce_loop(self) -> None:
+        while not self.stop_event.wait(ANNOUNCE_TTL / 4):
+            self._store_announcement()
+
+    def live_peers(self) -> dict[str, dict]:
+        """Announcements of live peers (this one included), by member id. Malformed records are ignored."""
+        try:
+            found = self.dht.get(f"{self.options.swarm}_peers", latest=True)
+        except Exception:
+            return {}
+        out: dict[str, dict] = {}
+        if found is None or not isinstance(found.value, dict):
+            return out
+        for subkey, item in found.value.items():
+            value = getattr(item, "value", None)
+            if isinstance(value, dict) and isinstance(value.get("round"), int) and value.get("member") == subkey:
+                out[str(subkey)] = value
+        return out
+
+    # --- state sharing -----------------------------------------------------------------------------------------
+    def _serve_state(self) -> tuple[dict, list[torch.Tensor]]:
+        with self._lock:
+            theta, momentum, r = self.theta.clone(), self.outer.buffer.clone(), self.round
+        meta = dict(round=r, theta=theta_hash(theta), state=state_hash(r, theta, momentum),
+                    config=self.config.config_hash())
+        return meta, [theta, momentum]
+
+    def _adopt_state(self, peer: str, min_round: int, timeout: float = 15.0) -> bool:
+        """Download (round, θ, momentum) from ``peer`` once it has reached ``min_round``; verify, then adopt."""
+        from hivemind.p2p import PeerID
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.stop_event.is_set():
+            got = self.averager.download_state(PeerID.from_base58(peer), timeout=10.0)
+            if got is not None:
+                meta, tensors = got
+                if meta.get("round", -1) >= min_round and len(tensors) == 2:
+                    theta, momentum = (t.to(torch.float32).reshape(-1) for t in tensors)
+                    if theta.shape != self.theta.shape or momentum.shape != self.theta.shape:
+                        raise HashMismatch(f"peer {short_id(peer)} sent a state of the wrong shape")
+                    if theta_hash(theta) != meta.get("theta") or meta.get("config") != self.config.config_hash():
+                        raise HashMismatch(f"state from {short_id(peer)} does not match the hash it announced")
+                    with self._lock:
+                        self.theta.copy_(theta)
+                        self.outer.buffer = momentum.clone()
+                        self.round = int(meta["round"])
+                    self.rounds_synced_from_peers += 1
+                    return True
+            time.sleep(0.3)
+        return False
+
+    def _sync_from_best(self, exclude_round_below: int = 0) -> bool:
+        peers = {m: v for m, v in self.live_peers().items() if m != self.member}
+        for m, v in sorted(peers.items(), key=lambda kv: -int(kv[1].get("done", -1))):
+            if int(v.get("done", -1)) >= max(exclude_round_below, self.round + 1 if self.round else 0):
+                try:
+                    if self._adopt_state(m, min_round=int(v["done"]), timeout=10.0):
+                        return True
+                except HashMismatch as e:
+                    logger.warning("%s", e)
+        return False
+
+    # --- the round loop -----------------------------------------------------------------------------------------
+    def join(self) -> bool:
+        """Before the first round: wait for the expected peers, then load the swarm's state if it has one.
+        Returns True when this peer joined a running swarm (its first round then contributes nothing)."""
+        o = self.options
+        deadline = time.monotonic() + o.wait_timeout
+        self._announce(round=0, done=0, eta=0.0, state="")
+        while time.monotonic() < deadline and not self.stop_event.is_set():
+            peers = self.live_peers()
+            if any(int(v.get("done", 0)) > 0 for m, v in peers.items() if m != self.member):
+                break
+            if len(peers) >= o.wait_for_peers:
+                break
+            time.sleep(0.5)
+        if any(int(v.get("done", 0)) > 0 for m, v in self.live_peers().items() if m != self.member):
+            if self._sync_from_best():
+                self._log(event="joined", round=self.round, theta=theta_hash(self.theta))
+                return True
+        return False
+
+    def run(self) -> None:
+        late = self.join()
+        self._log(event="start", member=self.member, late=late, eval_loss=self.evaluate(), theta=theta_hash(self.theta))
+        while not self.stop_event.is_set():
+            if self.options.max_rounds is not None and self.round >= self.options.max_rounds:
+                break
+            self.run_round(contribute=not late)
+            late = False
+        self.save_checkpoint()
+
+    def evaluate(self) -> float:
+        return self.inner.evaluate(self.theta, self.eval_set)
+
+    def run_round(self, contribute: bool = True) -> None:
+        c = self.config
+        r = self.round + 1
+        pre_state = state_hash(self.round, self.theta, self.outer.buffer)
+        started = time.time()
+        self._announce(round=r, done=self.round, eta=started + (c.inner_steps * self.step_time if contribute else 0),
+                       state=pre_state, theta=theta_hash(self.theta))
+        loss, samples = float("nan"), 0
+        delta = torch.zeros_like(self.theta)
+        if contribute:
+            blocks = self.corpus.shard(self.member, r, self.last_group)
+            seed = f"{self.member}|{r}".encode()
+            batches = self.corpus.batches(blocks, seed, c.inner_steps, c.batch_size, c.seq_len)
+            t0 = time.time()
+            delta, loss, samples = self.inner.run_round(self.theta, batches)
+            self.step_time = 0.5 * self.step_time + 0.5 * (time.time() - t0) / c.inner_steps
+            if self.options.attack == "nan":
+                delta[::7] = float("nan")
+            if not torch.isfinite(delta).all() and self.options.attack is None:
+                logger.warning("round %d: our pseudo-gradient is not finite; contributing nothing", r)
+                delta, samples = torch.zeros_like(delta), 0
+        self.tokens += samples * c.seq_len
+
+        gathered = self._average(r, delta, samples, pre_state)
+        resynced = False
+        if gathered is None:
+            # no group at all (or every attempt failed): catch up from the most advanced live peer
+            resynced = self._sync_from_best(exclude_round_below=r)
+            if not resynced:
+                return self._finish_round(r, loss, None, started, group=[], in_sync=False, resynced=False)
+        else:
+            with self.averager.get_tensors() as (buffer,):
+                avg = buffer.clone()
+            canonical_state, canonical_round = choose_canonical(gathered)
+            in_sync = pre_state == canonical_state
+            with self._lock:
+                self.outer.step(self.theta, avg)
+                self.round = r
+            self.last_group = sorted(gathered)
+            if not in_sync:
+                donors = [m for m, v in gathered.items() if v["state"] == canonical_state and m != self.member]
+                logger.info("round %d: our state was not the group's; syncing from %s", r, short_id(donors[0]))
+                for donor in donors:
+                    if self._adopt_state(donor, min_round=canonical_round + 1):
+                        resynced = True
+                        break
+            return self._finish_round(r, loss, gathered, started, group=self.last_group, in_sync=in_sync,
+                                      resynced=resynced)
+        return self._finish_round(r, loss, None, started, group=[], in_sync=False, resynced=resynced)
+
+    def _average(self, r: int, delta: torch.Tensor, samples: int, pre_state: str) -> dict[str, dict] | None:
+        from hivemind.utils import get_dht_time
+
+        o = self.options
+        peers = self.live_peers()
+        same_round = [v for m, v in peers.items() if int(v.get("round", -1)) == r and m != self.member]
+        gather = dict(member=self.member, round=self.round, state=pre_state, samples=samples)
+        if not same_round:
+            # alone in this round: the "average" is our own Δ as it would come back from the wire
+            with self.averager.get_tensors() as (buffer,):
+                buffer.copy_(roundtrip(delta, get_compression(self.config.compression)))
+            return {self.member: gather}
+        with self.averager.get_tensors() as (buffer,):
+            buffer.copy_(delta)
+        self.averager.configure_matchmaking(min_group_size=2, target_group_size=len(same_round) + 1)
+        now = get_dht_time()
+        latest_eta = max([now] + [float(v.get("eta", 0.0)) for v in same_round])
+        scheduled = min(latest_eta, now + o.averaging_timeout) + 0.25
+        logger.debug("round %d: %d live peers, %d in this round; all-reduce scheduled in %.2f s",
+                     r, len(peers), len(same_round), scheduled - now)
+        try:
+            control = self.averager.step(
+                gather=gather, weight=float(samples), scheduled_time=scheduled,
+                timeout=scheduled - now + o.matchmaking_time + o.averaging_timeout, wait=False,
+            )
+            while not control.done():
+                if self.stop_event.wait(0.1):
+                    control.cancel()
+                    return None
+            result = control.result()
+        except Exception as e:
+            logger.info("round %d: averaging failed: %r", r, e)
+            return None
+        if not result:
+            return None
+        gathered: dict[str, dict] = {}
+        for peer_id, info in result.items():
+            if isinstance(info, dict) and {"member", "round", "state", "samples"} <= set(info):
+                gathered[peer_id.to_base58()] = info
+        if self.member not in gathered:
+            return None
+        return gathered
+
+    def _finish_round(self, r, loss, gathered, started, group, in_sync, resynced) -> None:
+        eval_loss = self.evaluate()
+        theta = theta_hash(self.theta)
+        self._announce(round=self.round + 1, done=self.round, eta=time.time() + self.config.inner_steps * self.step_time,
+                       theta=theta, state=state_hash(self.round, self.theta, self.outer.buffer))
+        self._log(
+            event="round", round=self.round, attempted=r, loss=loss, eval_loss=eval_loss, theta=theta,
+            group=group, peers=len(group), in_sync=in_sync, resynced=resynced, tokens=self.tokens,
+            bytes_sent=int(self.averager.bytes_sent.value), rejected=int(self.averager.rejected.value),
+            seconds=round(time.time() - started, 3),
+        )
+        if self.options.checkpoint_every and self.round % self.options.checkpoint_every == 0:
+            self.save_checkpoint()
+
+    def save_checkpoint(self) -> Path:
+        with self._lock:
+            theta, r = self.theta.clone(), self.round
+        path = save_checkpoint(self.home / "checkpoints", self.model, theta, r, self.config)
+        self._log(event="checkpoint", round=r, path=str(path), theta=theta_hash(theta))
+        return path
+
+    def _log(self, **record: object) -> None:
+        record.setdefault("time", time.time())
+        line = json.dumps(record, sort_keys=True)
+        with open(self.metrics_path, "a") as f:
+            f.write(line + "\n")
+        if record.get("event") == "round":
+            logger.info(
+                "round %s  loss %.3f  eval %.3f  peers %s  sent %.1f MB  θ %s%s",
+                record["round"], record["loss"], record["eval_loss"], record["peers"],
+                record["bytes_sent"] / 1e6, str(record["theta"])[:12],
+                "" if record["in_sync"] else "  (re-synced)" if record["resynced"] else "  (out of sync)",
+            )
+
+
+def pid_file(home: Path) -> Path:
+    return Path(home) / "peer.pid"
+
+
+def write_pid(home: Path) -> None:
+    pid_file(home).write_text(str(os.getpid()))

@@ -1,0 +1,157 @@
+"""Byte-level training data from local files, a held-out validation split and per-(member, round) shards.
+
+The corpus is the concatenation of the files (sorted by path) cut into fixed blocks of ``BLOCK_SIZE`` bytes.
+A block is held out for validation when ``sha256("koinon/val" ‖ index)`` says so (``VAL_PERCENT`` of blocks),
+so the split does not depend on who computes it. Training blocks are dealt to the members of a round by
+rendezvous hashing: block ``b`` belongs to the member ``m`` of the participant set ``P`` maximising
+``sha256(m ‖ round ‖ b)``. Members who agree on ``P`` (the previous round's group, identical on all its members)
+get disjoint shards that together cover every training block, and the deal changes every round.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import sysconfig
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from koinon.errors import DataError
+from koinon.training.model import BYTE_OFFSET
+
+BLOCK_SIZE = 4096
+VAL_PERCENT = 2
+SEPARATOR = b"\n\n"
+_SKIP_DIRS = {"__pycache__", "site-packages", "dist-packages", ".git", ".venv", "node_modules"}
+
+
+def default_data_paths() -> list[Path]:
+    """The running Python's standard library: text every machine has without a download (≈30 MB of .py)."""
+    return [Path(sysconfig.get_paths()["stdlib"])]
+
+
+def _u64(*parts: bytes) -> int:
+    return int.from_bytes(hashlib.sha256(b"\x1f".join(parts)).digest()[:8], "big")
+
+
+def _iter_files(path: Path, suffixes: tuple[str, ...] | None) -> Iterable[Path]:
+    if path.is_file():
+        yield path
+        return
+    for child in sorted(path.rglob("*")):
+        if any(part in _SKIP_DIRS or part.startswith(".") for part in child.relative_to(path).parts[:-1]):
+            continue
+        if child.is_file() and (suffixes is None or child.suffix in suffixes):
+            yield child
+
+
+def _is_text(data: bytes) -> bool:
+    return b"\x00" not in data[:8192]
+
+
+class Corpus:
+    """All training and validation bytes of one data set, held as a uint8 array (1 byte per token)."""
+
+    def __init__(self, data: bytes, sources: Sequence[str]) -> None:
+        self.stream = np.frombuffer(data, dtype=np.uint8)
+        self.sources = list(sources)
+        self.content_hash = hashlib.sha256(data).hexdigest()
+        n_blocks = len(data) // BLOCK_SIZE
+        if n_blocks < 2:
+            raise DataError(
+                f"the data has {len(data)} bytes; Koinon needs at least {2 * BLOCK_SIZE} "
+                "(two blocks: one to train on, one to validate); pass more or larger text files"
+            )
+        val = [b for b in range(n_blocks) if _u64(b"koinon/val", b.to_bytes(8, "big")) % 100 < VAL_PERCENT]
+        if not val:  # tiny data sets: hold out the last block so there is always an eval loss
+            val = [n_blocks - 1]
+        val_set = set(val)
+        self.val_blocks = val
+        self.train_blocks = [b for b in range(n_blocks) if b not in val_set]
+
+    @classmethod
+    def from_paths(cls, paths: Sequence[Path | str], suffixes: tuple[str, ...] | None = None) -> Corpus:
+        """Read every text file under ``paths`` (binary files and hidden/cache folders are skipped)."""
+        if not paths:
+            raise DataError("no data path given; pass files or directories with --data")
+        chunks: list[bytes] = []
+        sources: list[str] = []
+        for raw in paths:
+            path = Path(raw)
+            if not path.exists():
+                raise DataError(f"data path {path} does not exist; pass an existing file or directory")
+            try:
+                files = list(_iter_files(path, suffixes))
+            except OSError as e:
+                raise DataError(f"cannot list data path {path}: {e.strerror}; check its permissions") from e
+            for f in files:
+                try:
+                    data = f.read_bytes()
+                except OSError as e:
+                    if path.is_file():
+                        raise DataError(f"cannot read data file {f}: {e.strerror}; check its permissions") from e
+                    continue  # an unreadable file inside a directory is skipped, like a binary one
+                if data and _is_text(data):
+                    chunks.append(data)
+                    sources.append(str(f))
+        if not chunks:
+            raise DataError(f"no readable text in {', '.join(map(str, paths))}; pass non-empty text files")
+        return cls(SEPARATOR.join(chunks), sources)
+
+    @classmethod
+    def default(cls) -> Corpus:
+        return cls.from_paths(default_data_paths(), suffixes=(".py",))
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.stream.size)
+
+    def shard(self, member_id: str, round_no: int, participants: Iterable[str]) -> list[int]:
+        """Training blocks dealt to ``member_id`` in ``round_no`` among ``participants`` (rendezvous hashing)."""
+        members = sorted(set(participants) | {member_id})
+        if len(members) == 1:
+            return list(self.train_blocks)
+        r = round_no.to_bytes(8, "big")
+        keys = [m.encode() for m in members]
+        mine = members.index(member_id)
+        out = []
+        for b in self.train_blocks:
+            bb = b.to_bytes(8, "big")
+            scores = [_u64(k, r, bb) for k in keys]
+            if max(range(len(scores)), key=scores.__getitem__) == mine:
+                out.append(b)
+        return out
+
+    def _window(self, block: int, offset: int, seq_len: int) -> torch.Tensor:
+        start = block * BLOCK_SIZE + offset
+        window = self.stream[start : start + seq_len + 1].astype(np.int64) + BYTE_OFFSET
+        return torch.from_numpy(window)
+
+    def batches(
+        self, blocks: Sequence[int], seed: bytes, steps: int, batch_size: int, seq_len: int
+    ) -> Iterable[torch.Tensor]:
+        """``steps`` batches of shape (B, T+1) drawn from ``blocks`` with an RNG seeded by ``seed``."""
+        if seq_len + 1 > BLOCK_SIZE:
+            raise DataError(f"seq_len {seq_len} is longer than a data block ({BLOCK_SIZE - 1} tokens at most)")
+        if not blocks:
+            raise DataError("this peer's shard is empty; the data set is too small for this many peers")
+        rng = random.Random(int.from_bytes(hashlib.sha256(seed).digest(), "big"))
+        span = BLOCK_SIZE - seq_len - 1
+        for _ in range(steps):
+            rows = [self._window(blocks[rng.randrange(len(blocks))], rng.randrange(span + 1), seq_len)
+                    for _ in range(batch_size)]
+            yield torch.stack(rows)  # (B, T+1)
+
+    def eval_batches(self, batch_size: int, seq_len: int, max_sequences: int = 64) -> list[torch.Tensor]:
+        """A fixed validation set: the first window of each validation block (several per block if few)."""
+        rows = []
+        per_block = max(1, -(-max_sequences // len(self.val_blocks)))
+        stride = max(1, (BLOCK_SIZE - seq_len - 1) // per_block)
+        for b in self.val_blocks:
+            for k in range(per_block):
+                if len(rows) < max_sequences:
+                    rows.append(self._window(b, k * stride, seq_len))
+        return [torch.stack(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]

@@ -127,9 +127,11 @@ def cmd_start(args: argparse.Namespace) -> int:
         logging.getLogger("koinon").info("received %s: leaving after the current step", signal.Signals(signum).name)
         peer.stop_event.set()
 
-    signal.signal(signal.SIGTERM, stop)
     try:
         maddrs = peer.start()
+        # installed only now: hivemind's forked children must keep the default handlers, or SIGTERM from
+        # their own shutdown path would be swallowed and they would outlive us
+        signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         (Path(args.home) / "maddrs").write_text("\n".join(maddrs) + "\n")
         print(f"member {peer.member}", flush=True)

@@ -95,6 +95,7 @@ class Peer:
         self._lock = threading.Lock()
         self._announcement: dict = {}
         self.metrics_path = self.home / "metrics.jsonl"
+        (self.home / "STOP_AFTER").unlink(missing_ok=True)  # left over from an earlier demo run
 
         if options.attack is not None and options.attack not in ATTACKS:
             raise KoinonError(f"unknown attack {options.attack!r}; known: {', '.join(ATTACKS)}")
@@ -119,6 +120,7 @@ class Peer:
 
     def start(self) -> list[str]:
         o = self.options
+        threading.excepthook = self._thread_excepthook  # inherited by hivemind's forked children
         self.dht = node.start_dht(self.identity, o.listen, o.initial_peers, o.announce)
         self.averager = node.start_averager(
             ExactAverager,
@@ -138,6 +140,14 @@ class Peer:
         self.averager.set_state_provider(self._serve_state)
         threading.Thread(target=self._announce_loop, daemon=True, name="koinon-announce").start()
         return [str(m) for m in self.dht.get_visible_maddrs()]
+
+    def _thread_excepthook(self, args: threading.ExceptHookArgs) -> None:
+        # On Ctrl-C the terminal signals the whole process group, p2pd included, so hivemind's threads may fail
+        # to reach a daemon that is already gone while we leave: expected then, and not worth a traceback.
+        if self.stop_event.is_set() or isinstance(args.exc_value, (FileNotFoundError, ConnectionError)):
+            logger.debug("background thread ended during shutdown: %r", args.exc_value)
+            return
+        threading.__excepthook__(args)
 
     def close(self) -> None:
         self.stop_event.set()
@@ -251,9 +261,18 @@ class Peer:
         while not self.stop_event.is_set():
             if self.options.max_rounds is not None and self.round >= self.options.max_rounds:
                 break
+            if self._stop_after() is not None and self.round >= self._stop_after():
+                break
             self.run_round(contribute=not late)
             late = False
         self.save_checkpoint()
+
+    def _stop_after(self) -> int | None:
+        """A round number written to ``$HOME/STOP_AFTER`` (by ``koinon demo``) ends the run after that round."""
+        try:
+            return int((self.home / "STOP_AFTER").read_text())
+        except (OSError, ValueError):
+            return None
 
     def evaluate(self) -> float:
         return self.inner.evaluate(self.theta, self.eval_set)
@@ -272,7 +291,9 @@ class Peer:
             seed = f"{self.member}|{r}".encode()
             batches = self.corpus.batches(blocks, seed, c.inner_steps, c.batch_size, c.seq_len)
             t0 = time.time()
-            delta, loss, samples = self.inner.run_round(self.theta, batches)
+            delta, loss, samples = self.inner.run_round(self.theta, self._until_stopped(batches))
+            if self.stop_event.is_set():
+                return  # leaving: an unfinished round is neither averaged nor recorded
             self.step_time = 0.5 * self.step_time + 0.5 * (time.time() - t0) / c.inner_steps
             if self.options.attack == "nan":
                 delta[::7] = float("nan")
@@ -282,6 +303,8 @@ class Peer:
         self.tokens += samples * c.seq_len
 
         gathered = self._average(r, delta, samples, pre_state)
+        if self.stop_event.is_set():
+            return
         resynced = False
         if gathered is None:
             # no group at all (or every attempt failed): catch up from the most advanced live peer
@@ -307,6 +330,12 @@ class Peer:
             return self._finish_round(r, loss, gathered, started, group=self.last_group, in_sync=in_sync,
                                       resynced=resynced)
         return self._finish_round(r, loss, None, started, group=[], in_sync=False, resynced=resynced)
+
+    def _until_stopped(self, batches):
+        for batch in batches:
+            if self.stop_event.is_set():
+                return
+            yield batch
 
     def _average(self, r: int, delta: torch.Tensor, samples: int, pre_state: str) -> dict[str, dict] | None:
         from hivemind.utils import get_dht_time

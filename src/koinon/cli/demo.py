@@ -1,0 +1,239 @@
+"""``koinon demo``: a local swarm of separate peer processes on 127.0.0.1, live progress, and an end summary.
+
+Each peer is ``python -m koinon start`` in its own process group (so a stop never leaves hivemind children or
+p2pd behind) with its home under ``WORKDIR/peer-<i>``. Progress comes from each peer's ``metrics.jsonl``.
+When the time is up the demo writes ``STOP_AFTER`` (the next round) into every home, so all peers finish the
+same last round and end with the same θ; a peer that does not finish in time gets SIGINT, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from koinon.errors import ConfigError, SwarmError
+
+console = Console()
+
+
+def read_metrics(home: Path) -> list[dict]:
+    path = home / "metrics.jsonl"
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line being written right now
+    return out
+
+
+class LocalPeer:
+    def __init__(self, index: int, home: Path, extra: list[str]) -> None:
+        self.index, self.home, self.extra = index, home, extra
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, initial_peers: list[str], wait_for: int, threads: int) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "koinon", "start", "--home", str(self.home),
+               "--listen", "/ip4/127.0.0.1/tcp/0", "--wait-for-peers", str(wait_for), "--threads", str(threads),
+               *self.extra]
+        if initial_peers:
+            cmd += ["--initial-peers", *initial_peers]
+        log = open(self.home / "peer.log", "ab")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+
+    def maddrs(self, timeout: float) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            path = self.home / "maddrs"
+            if path.exists() and path.read_text().strip():
+                return path.read_text().split()
+            if self.proc is not None and self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        tail = (self.home / "peer.log").read_text()[-2000:] if (self.home / "peer.log").exists() else ""
+        raise SwarmError(f"peer-{self.index} did not start; its log ends with:\n{tail}")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def stop_after(self, round_no: int) -> None:
+        (self.home / "STOP_AFTER").write_text(f"{round_no}\n")
+
+
+def _table(peers: list[LocalPeer], elapsed: float, total: float) -> Table:
+    t = Table(title=f"Koinon demo — {elapsed:5.0f} s of {total:.0f} s", title_justify="left")
+    for col in ("peer", "member", "round", "loss", "eval loss", "group", "sent", "θ hash", "state"):
+        t.add_column(col, justify="right" if col not in ("member", "θ hash", "state", "peer") else "left")
+    for p in peers:
+        rows = read_metrics(p.home)
+        start = next((r for r in rows if r.get("event") == "start"), {})
+        last = next((r for r in reversed(rows) if r.get("event") == "round"), None)
+        member = str(start.get("member", ""))[-8:]
+        state = "running" if p.alive() else f"exited {p.proc.returncode if p.proc else ''}"
+        if last is None:
+            t.add_row(f"peer-{p.index}", member, "-", "-", f"{start.get('eval_loss', float('nan')):.3f}"
+                      if start else "-", "-", "-", "-", state if start else "starting")
+        else:
+            t.add_row(f"peer-{p.index}", member, str(last["round"]), f"{last['loss']:.3f}", f"{last['eval_loss']:.3f}",
+                      str(last["peers"]), f"{last['bytes_sent'] / 1e6:.1f} MB", str(last["theta"])[:12], state)
+    return t
+
+
+def summarize(peers: list[LocalPeer], workdir: Path) -> dict:
+    per_peer = {f"peer-{p.index}": read_metrics(p.home) for p in peers}
+    starts = {k: next((r for r in v if r.get("event") == "start"), None) for k, v in per_peer.items()}
+    rounds = {k: [r for r in v if r.get("event") == "round"] for k, v in per_peer.items()}
+    ckpts = {k: [r for r in v if r.get("event") == "checkpoint"] for k, v in per_peer.items()}
+    first = next((s for s in starts.values() if s), {}) or {}
+    finals = {k: v[-1] for k, v in rounds.items() if v}
+    theta = {k: (ckpts[k][-1]["theta"] if ckpts[k] else finals[k]["theta"]) for k in finals}
+    final_round = {k: (ckpts[k][-1]["round"] if ckpts[k] else finals[k]["round"]) for k in finals}
+    ref = max(finals, key=lambda k: finals[k]["round"]) if finals else None
+    summary = {
+        "workdir": str(workdir),
+        "eval_loss_start": first.get("eval_loss"),
+        "eval_loss_end": finals[ref]["eval_loss"] if ref else None,
+        "rounds": max((f["round"] for f in finals.values()), default=0),
+        "tokens": sum(f["tokens"] for f in finals.values()),
+        "bytes_sent": sum(f["bytes_sent"] for f in finals.values()),
+        "bytes_sent_per_peer": {k: f["bytes_sent"] for k, f in finals.items()},
+        "peers": len(peers),
+        "peers_joined": sum(1 for s in starts.values() if s),
+        "peers_left": sum(1 for p in peers if p.proc is not None and p.proc.returncode == 0),
+        "theta_hash": theta,
+        "final_round": final_round,
+        "theta_identical": len(set(theta.values())) == 1 and len(theta) == len(peers),
+        "rejected_parts": sum(f.get("rejected", 0) for f in finals.values()),
+        "checkpoint": ckpts[ref][-1]["path"] if ref and ckpts[ref] else None,
+        "loss_plot": str(workdir / "loss.png"),
+    }
+    _plot(rounds, starts, workdir / "loss.png")
+    return summary
+
+
+def _plot(rounds: dict[str, list[dict]], starts: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    for name, rows in rounds.items():
+        if rows:
+            ax.plot([r["round"] for r in rows], [r["loss"] for r in rows], alpha=0.5, label=f"{name} train (inner)")
+    ref = max(rounds, key=lambda k: len(rounds[k]), default=None)
+    if ref and rounds[ref]:
+        xs = [0] + [r["round"] for r in rounds[ref]]
+        ys = [(starts.get(ref) or {}).get("eval_loss")] + [r["eval_loss"] for r in rounds[ref]]
+        ax.plot(xs, ys, "k-", linewidth=2, label="eval loss (held out, shared θ)")
+    ax.set_xlabel("round")
+    ax.set_ylabel("cross-entropy (nats / byte)")
+    ax.set_title("Koinon demo: DiLoCo over hivemind")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _print_summary(s: dict) -> None:
+    console.rule("[bold]Summary")
+    console.print(f"eval loss     {s['eval_loss_start']:.3f} → {s['eval_loss_end']:.3f}  (held-out bytes, nats/byte)")
+    console.print(f"rounds        {s['rounds']}")
+    console.print(f"tokens        {s['tokens']:,} trained by all peers together")
+    console.print(f"bytes sent    {s['bytes_sent'] / 1e6:.1f} MB in all "
+                  f"({', '.join(f'{k} {v / 1e6:.1f} MB' for k, v in s['bytes_sent_per_peer'].items())})")
+    console.print(f"peers         {s['peers_joined']} joined, {s['peers_left']} left cleanly")
+    if s["theta_identical"]:
+        h = next(iter(s["theta_hash"].values()))
+        console.print(f"final θ       {h[:16]}… at round {next(iter(s['final_round'].values()))} — "
+                      f"[green]identical on all {len(s['theta_hash'])} peers[/green]")
+    else:
+        console.print("final θ       [red]NOT identical[/red] across peers:")
+        for k, v in s["theta_hash"].items():
+            console.print(f"              {k}: {v[:16]}… (round {s['final_round'][k]})")
+    console.print(f"loss plot     {s['loss_plot']}")
+    console.print(f"checkpoint    {s['checkpoint']}")
+    console.print(f"peer homes    {s['workdir']}/peer-*  (logs: peer.log, metrics: metrics.jsonl)")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    if args.peers < 1:
+        raise ConfigError("--peers must be at least 1")
+    if args.minutes <= 0:
+        raise ConfigError("--minutes must be positive")
+    workdir = args.workdir or Path("runs") / datetime.now().strftime("demo-%Y%m%d-%H%M%S")
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    extra: list[str] = []
+    if args.data:
+        extra += ["--data", *map(str, args.data)]
+    for flag, value in (("--inner-steps", args.inner_steps), ("--model-size", args.model_size),
+                        ("--compression", args.compression)):
+        if value is not None:
+            extra += [flag, str(value)]
+    threads = max(1, (os.cpu_count() or 1) // args.peers)
+    console.print(f"[bold]Koinon demo[/bold]: {args.peers} peers on 127.0.0.1 for {args.minutes:g} min; "
+                  f"peer homes in {workdir}")
+    peers = [LocalPeer(i, workdir / f"peer-{i}", extra) for i in range(args.peers)]
+    total = args.minutes * 60
+    try:
+        peers[0].start([], args.peers, threads)
+        bootstrap = peers[0].maddrs(timeout=120)
+        console.print(f"peer-0 is up: {bootstrap[0]}")
+        for p in peers[1:]:
+            p.start(bootstrap, args.peers, threads)
+        t0 = time.monotonic()
+        with Live(_table(peers, 0, total), console=console, refresh_per_second=2) as live:
+            while time.monotonic() - t0 < total and any(p.alive() for p in peers):
+                time.sleep(1)
+                live.update(_table(peers, time.monotonic() - t0, total))
+            # time is up: everybody finishes the next round, then leaves
+            last = max((r["round"] for p in peers for r in read_metrics(p.home) if r.get("event") == "round"),
+                       default=0)
+            for p in peers:
+                p.stop_after(last + 1)
+            deadline = time.monotonic() + 120
+            while any(p.alive() for p in peers) and time.monotonic() < deadline:
+                time.sleep(1)
+                live.update(_table(peers, time.monotonic() - t0, total))
+    except KeyboardInterrupt:
+        console.print("interrupted: stopping peers")
+    finally:
+        for p in peers:
+            p.signal(signal.SIGINT)
+        end = time.monotonic() + 30
+        while any(p.alive() for p in peers) and time.monotonic() < end:
+            time.sleep(0.5)
+        for p in peers:
+            p.signal(signal.SIGKILL)
+            if p.proc is not None:
+                p.proc.wait()
+    summary = summarize(peers, workdir)
+    _print_summary(summary)
+    if args.summary_json:
+        Path(args.summary_json).write_text(json.dumps(summary, indent=2) + "\n")
+        console.print(f"summary JSON  {args.summary_json}")
+    return 0 if summary["eval_loss_end"] is not None else 1

@@ -1,0 +1,99 @@
+"""Real peers as separate processes on loopback: lockstep training, a SIGKILL mid-round, a late joiner, and a
+clean SIGINT exit. The tests run in order on one swarm (module fixture) to keep the suite within its budget."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from tests.integration.swarmkit import PeerProcess, p2pd_pids, processes_in_group, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def swarm(tmp_path_factory):
+    root = tmp_path_factory.mktemp("swarm")
+    first = PeerProcess(root / "peer-0", extra=["--wait-for-peers", "3", *__import__(
+        "tests.integration.swarmkit", fromlist=["FAST"]).FAST])
+    boot = first.maddrs()
+    from tests.integration.swarmkit import FAST
+
+    others = [PeerProcess(root / f"peer-{i}", boot, extra=["--wait-for-peers", "3", *FAST]) for i in (1, 2)]
+    peers = {"boot": boot, "root": root, "live": [first, *others], "all": [first, *others]}
+    yield peers
+    for p in peers["all"]:
+        if p.proc.poll() is None:
+            p.stop()
+
+
+def _common_rounds(a: PeerProcess, b: PeerProcess) -> list[int]:
+    return sorted(set(a.rounds()) & set(b.rounds()))
+
+
+def test_three_peers_train_with_identical_theta_every_round(swarm):
+    peers = swarm["live"]
+    wait_until(lambda: all(p.last_round() >= 4 for p in peers), 180, "4 rounds on every peer", *peers)
+    by_peer = [p.rounds() for p in peers]
+    for r in range(1, 5):
+        hashes = {rounds[r]["theta"] for rounds in by_peer}
+        assert len(hashes) == 1, f"round {r}: θ differs across peers: {hashes}"
+        assert all(rounds[r]["peers"] == 3 for rounds in by_peer), f"round {r} was not averaged by all 3 peers"
+    start = peers[0].metrics("start")[0]["eval_loss"]
+    assert by_peer[0][4]["eval_loss"] < start - 0.5, (start, by_peer[0][4]["eval_loss"])
+    assert all(rounds[4]["bytes_sent"] > 0 for rounds in by_peer)
+
+
+def test_sigkill_mid_round_does_not_stop_the_others(swarm):
+    victim = swarm["live"][2]
+    survivors = swarm["live"][:2]
+    # kill right after a round ends, i.e. in the middle of the next one (inner steps or the all-reduce)
+    r0 = victim.last_round()
+    wait_until(lambda: victim.last_round() > r0, 60, "the victim to finish a round", victim)
+    time.sleep(0.3)
+    victim_group = victim.group_pids()
+    victim.kill_group(signal.SIGKILL)
+    victim.proc.wait(10)
+    killed_at = max(p.last_round() for p in survivors)
+    wait_until(lambda: all(p.last_round() >= killed_at + 3 for p in survivors), 180,
+               "3 more rounds after the SIGKILL", *survivors)
+    a, b = (p.rounds() for p in survivors)
+    later = [r for r in sorted(set(a) & set(b)) if r > killed_at + 1]
+    assert later, "the survivors recorded no common rounds after the kill"
+    for r in later:
+        assert a[r]["theta"] == b[r]["theta"], f"round {r}: survivors diverged"
+        assert a[r]["peers"] == 2, f"round {r}: expected a group of 2, got {a[r]['peers']}"
+    assert not (processes_in_group(victim.pgid) & victim_group), "SIGKILL to the group left processes behind"
+    swarm["live"].remove(victim)
+
+
+def test_late_joiner_syncs_and_matches_from_its_first_round(swarm):
+    late = PeerProcess(swarm["root"] / "peer-late", swarm["boot"])
+    swarm["live"].append(late)
+    swarm["all"].append(late)
+    wait_until(lambda: late.metrics("joined") and late.last_round() >= late.metrics("joined")[0]["round"] + 3,
+               180, "the late peer to join and run 3 rounds", *swarm["live"])
+    joined_at = late.metrics("joined")[0]["round"]
+    ref = swarm["live"][0]
+    wait_until(lambda: ref.last_round() >= late.last_round(), 60, "the reference peer to catch up", ref)
+    mine, theirs = late.rounds(), ref.rounds()
+    first_full = joined_at + 1
+    for r in sorted(mine):
+        if r >= first_full and r in theirs:
+            assert mine[r]["theta"] == theirs[r]["theta"], f"late peer differs at round {r} (joined at {joined_at})"
+    assert mine[first_full]["peers"] == 3, "the late peer did not average with the swarm in its first round"
+
+
+def test_sigint_leaves_no_process_behind(swarm):
+    before = p2pd_pids()
+    groups = {p: p.group_pids() for p in swarm["live"]}
+    ours = set().union(*groups.values()) & before
+    assert ours, "expected the running peers to own p2pd processes"
+    codes = [p.stop(timeout=60) for p in swarm["live"]]
+    assert codes == [0] * len(codes), f"exit codes {codes}"
+    time.sleep(1)
+    assert not (p2pd_pids() & ours), "p2pd processes survived SIGINT"
+    for p, pids in groups.items():
+        assert not (processes_in_group(p.pgid) & pids), f"{p.home.name} left processes behind"

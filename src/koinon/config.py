@@ -41,6 +41,10 @@ class TrainingConfig:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.inner_lr < 1:
             raise ConfigError(f"inner_lr must be in (0, 1), got {self.inner_lr}")
+        if self.inner_warmup < 0:  # a negative warm-up would make the inner learning rate negative
+            raise ConfigError(f"inner_warmup must be at least 0 (0: no warm-up), got {self.inner_warmup}")
+        if not self.inner_weight_decay >= 0:
+            raise ConfigError(f"inner_weight_decay must be at least 0, got {self.inner_weight_decay}")
         if not 0 < self.outer_lr <= 2:
             raise ConfigError(f"outer_lr must be in (0, 2], got {self.outer_lr}")
         if not 0 <= self.outer_momentum < 1:

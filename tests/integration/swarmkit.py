@@ -15,26 +15,47 @@ FAST = ["--inner-steps", "10", "--threads", "1", "--matchmaking-time", "1", "--a
 
 
 class PeerProcess:
-    def __init__(self, home: Path, initial_peers: list[str] | None = None, extra: list[str] | None = None,
-                 wrapper: list[str] | None = None, listen: str = "/ip4/127.0.0.1/tcp/0") -> None:
+    def __init__(
+        self,
+        home: Path,
+        initial_peers: list[str] | None = None,
+        extra: list[str] | None = None,
+        wrapper: list[str] | None = None,
+        listen: str = "/ip4/127.0.0.1/tcp/0",
+    ) -> None:
         self.home = Path(home)
         self.home.mkdir(parents=True, exist_ok=True)
-        cmd = [*(wrapper or []), sys.executable, "-m", "koinon", "start", "--home", str(self.home),
-               "--listen", listen, *(extra if extra is not None else FAST)]
+        cmd = [
+            *(wrapper or []),
+            sys.executable,
+            "-m",
+            "koinon",
+            "start",
+            "--home",
+            str(self.home),
+            "--listen",
+            listen,
+            *(extra if extra is not None else FAST),
+        ]
         if initial_peers:
             cmd += ["--initial-peers", *initial_peers]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.log = open(self.home / "peer.log", "ab")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=env, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+        )
 
     @property
     def pgid(self) -> int:
         return self.proc.pid
 
     def maddrs(self, timeout: float = 90) -> list[str]:
-        wait_until(lambda: (self.home / "maddrs").exists() and (self.home / "maddrs").read_text().strip(),
-                   timeout, f"{self.home.name} to print its address", self)
+        wait_until(
+            lambda: (self.home / "maddrs").exists() and (self.home / "maddrs").read_text().strip(),
+            timeout,
+            f"{self.home.name} to print its address",
+            self,
+        )
         return (self.home / "maddrs").read_text().split()
 
     def metrics(self, event: str | None = None) -> list[dict]:
@@ -102,8 +123,9 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str, *peer
             return
         for p in peers:
             if p.proc.poll() is not None:
-                raise AssertionError(f"{p.home.name} exited ({p.proc.returncode}) while waiting for {what}:\n"
-                                     f"{p.log_tail()}")
+                raise AssertionError(
+                    f"{p.home.name} exited ({p.proc.returncode}) while waiting for {what}:\n{p.log_tail()}"
+                )
         time.sleep(0.5)
     logs = "\n".join(f"--- {p.home.name}\n{p.log_tail()}" for p in peers)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{logs}")

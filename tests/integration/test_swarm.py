@@ -16,8 +16,10 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def swarm(tmp_path_factory):
     root = tmp_path_factory.mktemp("swarm")
-    first = PeerProcess(root / "peer-0", extra=["--wait-for-peers", "3", *__import__(
-        "tests.integration.swarmkit", fromlist=["FAST"]).FAST])
+    first = PeerProcess(
+        root / "peer-0",
+        extra=["--wait-for-peers", "3", *__import__("tests.integration.swarmkit", fromlist=["FAST"]).FAST],
+    )
     boot = first.maddrs()
     from tests.integration.swarmkit import FAST
 
@@ -57,8 +59,12 @@ def test_sigkill_mid_round_does_not_stop_the_others(swarm):
     victim.kill_group(signal.SIGKILL)
     victim.proc.wait(10)
     killed_at = max(p.last_round() for p in survivors)
-    wait_until(lambda: all(p.last_round() >= killed_at + 3 for p in survivors), 180,
-               "3 more rounds after the SIGKILL", *survivors)
+    wait_until(
+        lambda: all(p.last_round() >= killed_at + 3 for p in survivors),
+        180,
+        "3 more rounds after the SIGKILL",
+        *survivors,
+    )
     a, b = (p.rounds() for p in survivors)
     later = [r for r in sorted(set(a) & set(b)) if r > killed_at + 1]
     assert later, "the survivors recorded no common rounds after the kill"
@@ -73,8 +79,12 @@ def test_late_joiner_syncs_and_matches_from_its_first_round(swarm):
     late = PeerProcess(swarm["root"] / "peer-late", swarm["boot"])
     swarm["live"].append(late)
     swarm["all"].append(late)
-    wait_until(lambda: late.metrics("joined") and late.last_round() >= late.metrics("joined")[0]["round"] + 3,
-               180, "the late peer to join and run 3 rounds", *swarm["live"])
+    wait_until(
+        lambda: late.metrics("joined") and late.last_round() >= late.metrics("joined")[0]["round"] + 3,
+        180,
+        "the late peer to join and run 3 rounds",
+        *swarm["live"],
+    )
     joined_at = late.metrics("joined")[0]["round"]
     ref = swarm["live"][0]
     wait_until(lambda: ref.last_round() >= late.last_round(), 60, "the reference peer to catch up", ref)

@@ -47,14 +47,27 @@ class LocalPeer:
 
     def start(self, initial_peers: list[str], wait_for: int, threads: int) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "koinon", "start", "--home", str(self.home),
-               "--listen", "/ip4/127.0.0.1/tcp/0", "--wait-for-peers", str(wait_for), "--threads", str(threads),
-               *self.extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "koinon",
+            "start",
+            "--home",
+            str(self.home),
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--wait-for-peers",
+            str(wait_for),
+            "--threads",
+            str(threads),
+            *self.extra,
+        ]
         if initial_peers:
             cmd += ["--initial-peers", *initial_peers]
         log = open(self.home / "peer.log", "ab")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
 
     def maddrs(self, timeout: float) -> list[str]:
         deadline = time.monotonic() + timeout
@@ -93,11 +106,29 @@ def _table(peers: list[LocalPeer], elapsed: float, total: float) -> Table:
         member = str(start.get("member", ""))[-8:]
         state = "running" if p.alive() else f"exited {p.proc.returncode if p.proc else ''}"
         if last is None:
-            t.add_row(f"peer-{p.index}", member, "-", "-", f"{start.get('eval_loss', float('nan')):.3f}"
-                      if start else "-", "-", "-", "-", state if start else "starting")
+            t.add_row(
+                f"peer-{p.index}",
+                member,
+                "-",
+                "-",
+                f"{start.get('eval_loss', float('nan')):.3f}" if start else "-",
+                "-",
+                "-",
+                "-",
+                state if start else "starting",
+            )
         else:
-            t.add_row(f"peer-{p.index}", member, str(last["round"]), f"{last['loss']:.3f}", f"{last['eval_loss']:.3f}",
-                      str(last["peers"]), f"{last['bytes_sent'] / 1e6:.1f} MB", str(last["theta"])[:12], state)
+            t.add_row(
+                f"peer-{p.index}",
+                member,
+                str(last["round"]),
+                f"{last['loss']:.3f}",
+                f"{last['eval_loss']:.3f}",
+                str(last["peers"]),
+                f"{last['bytes_sent'] / 1e6:.1f} MB",
+                str(last["theta"])[:12],
+                state,
+            )
     return t
 
 
@@ -163,13 +194,17 @@ def _print_summary(s: dict) -> None:
     console.print(f"eval loss     {s['eval_loss_start']:.3f} → {s['eval_loss_end']:.3f}  (held-out bytes, nats/byte)")
     console.print(f"rounds        {s['rounds']}")
     console.print(f"tokens        {s['tokens']:,} trained by all peers together")
-    console.print(f"bytes sent    {s['bytes_sent'] / 1e6:.1f} MB in all "
-                  f"({', '.join(f'{k} {v / 1e6:.1f} MB' for k, v in s['bytes_sent_per_peer'].items())})")
+    console.print(
+        f"bytes sent    {s['bytes_sent'] / 1e6:.1f} MB in all "
+        f"({', '.join(f'{k} {v / 1e6:.1f} MB' for k, v in s['bytes_sent_per_peer'].items())})"
+    )
     console.print(f"peers         {s['peers_joined']} joined, {s['peers_left']} left cleanly")
     if s["theta_identical"]:
         h = next(iter(s["theta_hash"].values()))
-        console.print(f"final θ       {h[:16]}… at round {next(iter(s['final_round'].values()))} — "
-                      f"[green]identical on all {len(s['theta_hash'])} peers[/green]")
+        console.print(
+            f"final θ       {h[:16]}… at round {next(iter(s['final_round'].values()))} — "
+            f"[green]identical on all {len(s['theta_hash'])} peers[/green]"
+        )
     else:
         console.print("final θ       [red]NOT identical[/red] across peers:")
         for k, v in s["theta_hash"].items():
@@ -190,13 +225,17 @@ def run_demo(args: argparse.Namespace) -> int:
     extra: list[str] = []
     if args.data:
         extra += ["--data", *map(str, args.data)]
-    for flag, value in (("--inner-steps", args.inner_steps), ("--model-size", args.model_size),
-                        ("--compression", args.compression)):
+    for flag, value in (
+        ("--inner-steps", args.inner_steps),
+        ("--model-size", args.model_size),
+        ("--compression", args.compression),
+    ):
         if value is not None:
             extra += [flag, str(value)]
     threads = max(1, (os.cpu_count() or 1) // args.peers)
-    console.print(f"[bold]Koinon demo[/bold]: {args.peers} peers on 127.0.0.1 for {args.minutes:g} min; "
-                  f"peer homes in {workdir}")
+    console.print(
+        f"[bold]Koinon demo[/bold]: {args.peers} peers on 127.0.0.1 for {args.minutes:g} min; peer homes in {workdir}"
+    )
     peers = [LocalPeer(i, workdir / f"peer-{i}", extra) for i in range(args.peers)]
     total = args.minutes * 60
     try:
@@ -211,8 +250,9 @@ def run_demo(args: argparse.Namespace) -> int:
                 time.sleep(1)
                 live.update(_table(peers, time.monotonic() - t0, total))
             # time is up: everybody finishes the next round, then leaves
-            last = max((r["round"] for p in peers for r in read_metrics(p.home) if r.get("event") == "round"),
-                       default=0)
+            last = max(
+                (r["round"] for p in peers for r in read_metrics(p.home) if r.get("event") == "round"), default=0
+            )
             for p in peers:
                 p.stop_after(last + 1)
             deadline = time.monotonic() + 120

@@ -38,14 +38,22 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG.get(name),
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        sp.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                        help="show detailed logs and tracebacks")
+        sp = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=EPILOG.get(name),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sp.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="show detailed logs and tracebacks"
+        )
         return sp
 
     sp = add("id", "Create this member's Ed25519 identity, or show it if it exists.")
-    sp.add_argument("--home", type=Path, default=default_home(), help="member folder (default: $KOINON_HOME or ~/.koinon)")
+    sp.add_argument(
+        "--home", type=Path, default=default_home(), help="member folder (default: $KOINON_HOME or ~/.koinon)"
+    )
 
     sp = add("start", "Run one peer: join (or found) a swarm and train the shared model until Ctrl-C.")
     _add_peer_arguments(sp)
@@ -63,30 +71,60 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_peer_arguments(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--home", type=Path, default=default_home(), help="member folder (default: $KOINON_HOME or ~/.koinon)")
-    sp.add_argument("--data", type=Path, nargs="+", default=None,
-                    help="text files or folders to train on (default: the Python standard library's .py files)")
-    sp.add_argument("--initial-peers", nargs="+", default=[], metavar="MADDR",
-                    help="multiaddr of any running peer (printed when it starts); omit to found a new swarm")
-    sp.add_argument("--listen", nargs="+", default=["/ip4/0.0.0.0/tcp/0"], metavar="MADDR",
-                    help="addresses to listen on (default /ip4/0.0.0.0/tcp/0: all interfaces, a free port)")
-    sp.add_argument("--announce", nargs="+", default=[], metavar="MADDR",
-                    help="public addresses to tell others (behind NAT/port forwarding)")
+    sp.add_argument(
+        "--home", type=Path, default=default_home(), help="member folder (default: $KOINON_HOME or ~/.koinon)"
+    )
+    sp.add_argument(
+        "--data",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="text files or folders to train on (default: the Python standard library's .py files)",
+    )
+    sp.add_argument(
+        "--initial-peers",
+        nargs="+",
+        default=[],
+        metavar="MADDR",
+        help="multiaddr of any running peer (printed when it starts); omit to found a new swarm",
+    )
+    sp.add_argument(
+        "--listen",
+        nargs="+",
+        default=["/ip4/0.0.0.0/tcp/0"],
+        metavar="MADDR",
+        help="addresses to listen on (default /ip4/0.0.0.0/tcp/0: all interfaces, a free port)",
+    )
+    sp.add_argument(
+        "--announce",
+        nargs="+",
+        default=[],
+        metavar="MADDR",
+        help="public addresses to tell others (behind NAT/port forwarding)",
+    )
     sp.add_argument("--swarm", default="koinon", help="swarm name: peers with another name never mix (default koinon)")
     sp.add_argument("--inner-steps", type=int, default=None, help="H: inner AdamW steps per round (default 50)")
     sp.add_argument("--outer-lr", type=float, default=None, help="outer Nesterov SGD learning rate (default 0.7)")
     sp.add_argument("--batch-size", type=int, default=None, help="sequences per inner step (default 8)")
     sp.add_argument("--seq-len", type=int, default=None, help="tokens (bytes) per sequence (default 128)")
     sp.add_argument("--model-size", default=None, choices=["tiny", "small", "base"], help="default tiny (0.46 M)")
-    sp.add_argument("--compression", default=None, choices=["fp16", "int8", "none"],
-                    help="pseudo-gradient encoding on the wire (default fp16)")
+    sp.add_argument(
+        "--compression",
+        default=None,
+        choices=["fp16", "int8", "none"],
+        help="pseudo-gradient encoding on the wire (default fp16)",
+    )
     sp.add_argument("--rounds", type=int, default=None, help="stop after this many rounds (default: run until Ctrl-C)")
     sp.add_argument("--wait-for-peers", type=int, default=1, help="before round 1, wait until N peers are up")
     sp.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     sp.add_argument("--matchmaking-time", type=float, default=2.0, help="seconds to gather a group (default 2)")
     sp.add_argument("--averaging-timeout", type=float, default=30.0, help="seconds before a hung round is dropped")
-    sp.add_argument("--attack", default=None, choices=["nan"],
-                    help="TESTING TOOL: misbehave on purpose (nan: send NaN pseudo-gradients)")
+    sp.add_argument(
+        "--attack",
+        default=None,
+        choices=["nan"],
+        help="TESTING TOOL: misbehave on purpose (nan: send NaN pseudo-gradients)",
+    )
 
 
 def _training_config(args: argparse.Namespace):
@@ -116,10 +154,19 @@ def cmd_start(args: argparse.Namespace) -> int:
     from koinon.swarm.peer import Peer, PeerOptions
 
     options = PeerOptions(
-        home=args.home, data=args.data, initial_peers=args.initial_peers, listen=args.listen,
-        announce=args.announce, config=_training_config(args), swarm=args.swarm, max_rounds=args.rounds,
-        wait_for_peers=args.wait_for_peers, threads=args.threads, matchmaking_time=args.matchmaking_time,
-        averaging_timeout=args.averaging_timeout, attack=args.attack,
+        home=args.home,
+        data=args.data,
+        initial_peers=args.initial_peers,
+        listen=args.listen,
+        announce=args.announce,
+        config=_training_config(args),
+        swarm=args.swarm,
+        max_rounds=args.rounds,
+        wait_for_peers=args.wait_for_peers,
+        threads=args.threads,
+        matchmaking_time=args.matchmaking_time,
+        averaging_timeout=args.averaging_timeout,
+        attack=args.attack,
     )
     peer = Peer(options)
 

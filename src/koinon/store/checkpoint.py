@@ -31,8 +31,9 @@ def _atomic_write(path: Path, write) -> None:
         os.close(dir_fd)
 
 
-def save_checkpoint(folder: Path, model: torch.nn.Module, theta: torch.Tensor, round_no: int,
-                    config: TrainingConfig) -> Path:
+def save_checkpoint(
+    folder: Path, model: torch.nn.Module, theta: torch.Tensor, round_no: int, config: TrainingConfig
+) -> Path:
     """Save θ (as the model's named tensors) and return the checkpoint's path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -62,5 +63,8 @@ def load_checkpoint(path: Path, model: torch.nn.Module) -> dict:
     digest = theta_hash(flat_parameters(model))
     if digest != metadata.get("theta_hash") or not path.name.startswith(digest[:16]):
         raise HashMismatch(f"checkpoint {path} does not match its hash")
-    return {"theta_hash": digest, "round": int(metadata.get("round", -1)),
-            "config": json.loads(metadata.get("config", "{}"))}
+    return {
+        "theta_hash": digest,
+        "round": int(metadata.get("round", -1)),
+        "config": json.loads(metadata.get("config", "{}")),
+    }

@@ -170,7 +170,7 @@ class ExactAverager(DecentralizedAverager):
             raise AllreduceException(f"{failed} of {runner.tensor_part_container.total_size} values were not averaged")
         if not all(bool(torch.isfinite(result).all()) for result in results):
             raise AllreduceException("a reducer returned NaN or Inf; the result is refused")
-        for tensor, result in zip(tensors, results):
+        for tensor, result in zip(tensors, results, strict=True):
             tensor.copy_(result.reshape(tensor.shape))
 
     def configure_matchmaking(self, min_group_size: int, target_group_size: int | None) -> None:

@@ -167,7 +167,10 @@ class Peer:
         if self.dht is not None and value:
             try:
                 self.dht.store(
-                    f"{self.options.swarm}_peers", value, get_dht_time() + ANNOUNCE_TTL, subkey=self.member,
+                    f"{self.options.swarm}_peers",
+                    value,
+                    get_dht_time() + ANNOUNCE_TTL,
+                    subkey=self.member,
                     return_future=True,
                 )
             except Exception as e:  # the next announcement retries
@@ -196,8 +199,9 @@ class Peer:
     def _serve_state(self) -> tuple[dict, list[torch.Tensor]]:
         with self._lock:
             theta, momentum, r = self.theta.clone(), self.outer.buffer.clone(), self.round
-        meta = dict(round=r, theta=theta_hash(theta), state=state_hash(r, theta, momentum),
-                    config=self.config.config_hash())
+        meta = dict(
+            round=r, theta=theta_hash(theta), state=state_hash(r, theta, momentum), config=self.config.config_hash()
+        )
         return meta, [theta, momentum]
 
     def _adopt_state(self, peer: str, min_round: int, timeout: float = 15.0) -> bool:
@@ -282,8 +286,13 @@ class Peer:
         r = self.round + 1
         pre_state = state_hash(self.round, self.theta, self.outer.buffer)
         started = time.time()
-        self._announce(round=r, done=self.round, eta=started + (c.inner_steps * self.step_time if contribute else 0),
-                       state=pre_state, theta=theta_hash(self.theta))
+        self._announce(
+            round=r,
+            done=self.round,
+            eta=started + (c.inner_steps * self.step_time if contribute else 0),
+            state=pre_state,
+            theta=theta_hash(self.theta),
+        )
         loss, samples = float("nan"), 0
         delta = torch.zeros_like(self.theta)
         if contribute:
@@ -327,8 +336,9 @@ class Peer:
                     if self._adopt_state(donor, min_round=canonical_round + 1):
                         resynced = True
                         break
-            return self._finish_round(r, loss, gathered, started, group=self.last_group, in_sync=in_sync,
-                                      resynced=resynced)
+            return self._finish_round(
+                r, loss, gathered, started, group=self.last_group, in_sync=in_sync, resynced=resynced
+            )
         return self._finish_round(r, loss, None, started, group=[], in_sync=False, resynced=resynced)
 
     def _until_stopped(self, batches):
@@ -355,12 +365,20 @@ class Peer:
         now = get_dht_time()
         latest_eta = max([now] + [float(v.get("eta", 0.0)) for v in same_round])
         scheduled = min(latest_eta, now + o.averaging_timeout) + 0.25
-        logger.debug("round %d: %d live peers, %d in this round; all-reduce scheduled in %.2f s",
-                     r, len(peers), len(same_round), scheduled - now)
+        logger.debug(
+            "round %d: %d live peers, %d in this round; all-reduce scheduled in %.2f s",
+            r,
+            len(peers),
+            len(same_round),
+            scheduled - now,
+        )
         try:
             control = self.averager.step(
-                gather=gather, weight=float(samples), scheduled_time=scheduled,
-                timeout=scheduled - now + o.matchmaking_time + o.averaging_timeout, wait=False,
+                gather=gather,
+                weight=float(samples),
+                scheduled_time=scheduled,
+                timeout=scheduled - now + o.matchmaking_time + o.averaging_timeout,
+                wait=False,
             )
             while not control.done():
                 if self.stop_event.wait(0.1):
@@ -383,12 +401,27 @@ class Peer:
     def _finish_round(self, r, loss, gathered, started, group, in_sync, resynced) -> None:
         eval_loss = self.evaluate()
         theta = theta_hash(self.theta)
-        self._announce(round=self.round + 1, done=self.round, eta=time.time() + self.config.inner_steps * self.step_time,
-                       theta=theta, state=state_hash(self.round, self.theta, self.outer.buffer))
+        self._announce(
+            round=self.round + 1,
+            done=self.round,
+            eta=time.time() + self.config.inner_steps * self.step_time,
+            theta=theta,
+            state=state_hash(self.round, self.theta, self.outer.buffer),
+        )
         self._log(
-            event="round", round=self.round, attempted=r, loss=loss, eval_loss=eval_loss, theta=theta,
-            group=group, peers=len(group), in_sync=in_sync, resynced=resynced, tokens=self.tokens,
-            bytes_sent=int(self.averager.bytes_sent.value), rejected=int(self.averager.rejected.value),
+            event="round",
+            round=self.round,
+            attempted=r,
+            loss=loss,
+            eval_loss=eval_loss,
+            theta=theta,
+            group=group,
+            peers=len(group),
+            in_sync=in_sync,
+            resynced=resynced,
+            tokens=self.tokens,
+            bytes_sent=int(self.averager.bytes_sent.value),
+            rejected=int(self.averager.rejected.value),
             seconds=round(time.time() - started, 3),
         )
         if self.options.checkpoint_every and self.round % self.options.checkpoint_every == 0:
@@ -409,8 +442,12 @@ class Peer:
         if record.get("event") == "round":
             logger.info(
                 "round %s  loss %.3f  eval %.3f  peers %s  sent %.1f MB  θ %s%s",
-                record["round"], record["loss"], record["eval_loss"], record["peers"],
-                record["bytes_sent"] / 1e6, str(record["theta"])[:12],
+                record["round"],
+                record["loss"],
+                record["eval_loss"],
+                record["peers"],
+                record["bytes_sent"] / 1e6,
+                str(record["theta"])[:12],
                 "" if record["in_sync"] else "  (re-synced)" if record["resynced"] else "  (out of sync)",
             )
 

@@ -141,15 +141,20 @@ class Corpus:
         rng = random.Random(int.from_bytes(hashlib.sha256(seed).digest(), "big"))
         span = BLOCK_SIZE - seq_len - 1
         for _ in range(steps):
-            rows = [self._window(blocks[rng.randrange(len(blocks))], rng.randrange(span + 1), seq_len)
-                    for _ in range(batch_size)]
+            rows = [
+                self._window(blocks[rng.randrange(len(blocks))], rng.randrange(span + 1), seq_len)
+                for _ in range(batch_size)
+            ]
             yield torch.stack(rows)  # (B, T+1)
 
     def eval_batches(self, batch_size: int, seq_len: int, max_sequences: int = 64) -> list[torch.Tensor]:
         """A fixed validation set: the first window of each validation block (several per block if few)."""
+        if seq_len + 1 > BLOCK_SIZE:  # a longer window would run past its validation block into training data
+            raise DataError(f"seq_len {seq_len} is longer than a data block ({BLOCK_SIZE - 1} tokens at most)")
         rows = []
-        per_block = max(1, -(-max_sequences // len(self.val_blocks)))
-        stride = max(1, (BLOCK_SIZE - seq_len - 1) // per_block)
+        span = BLOCK_SIZE - seq_len - 1  # last start offset whose window stays inside the block
+        per_block = min(span + 1, max(1, -(-max_sequences // len(self.val_blocks))))
+        stride = max(1, span // per_block)
         for b in self.val_blocks:
             for k in range(per_block):
                 if len(rows) < max_sequences:

@@ -26,8 +26,8 @@ from koinon.training.model import flat_parameters, load_flat_parameters
 class OuterOptimizer:
     """SGD with Nesterov momentum on the flat θ, matching ``torch.optim.SGD(nesterov=True, dampening=0)``:
 
-        b ← μ·b + g          (b starts at 0, so b₁ = g)
-        θ ← θ − lr·(g + μ·b)
+    b ← μ·b + g          (b starts at 0, so b₁ = g)
+    θ ← θ − lr·(g + μ·b)
     """
 
     def __init__(self, lr: float, momentum: float, size: int) -> None:

@@ -1,0 +1,54 @@
+"""`koinon demo` as a user runs it: a short local swarm that ends with a truthful summary."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.integration.swarmkit import p2pd_pids
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_trains_and_summarises(tmp_path):
+    before = p2pd_pids()
+    summary_path = tmp_path / "summary.json"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "koinon",
+            "demo",
+            "--peers",
+            "3",
+            "--minutes",
+            "0.5",
+            "--inner-steps",
+            "10",
+            "--workdir",
+            str(tmp_path / "run"),
+            "--summary-json",
+            str(summary_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    s = json.loads(summary_path.read_text())
+    for key in ("eval_loss_start", "eval_loss_end", "rounds", "tokens", "bytes_sent", "peers", "theta_hash"):
+        assert key in s, f"summary lacks {key}"
+    assert s["peers"] == 3 and s["peers_joined"] == 3 and s["peers_left"] == 3
+    assert s["rounds"] >= 2
+    assert s["eval_loss_end"] < s["eval_loss_start"] - 0.5
+    assert set(s["theta_hash"]) == {"peer-0", "peer-1", "peer-2"}
+    assert len(set(s["theta_hash"].values())) == 1 and s["theta_identical"]
+    assert s["tokens"] > 0 and s["bytes_sent"] > 0
+    assert (tmp_path / "run" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "run" / "peer-0" / "checkpoints").exists()
+    assert s["checkpoint"] and s["checkpoint"].endswith(".safetensors")
+    assert "identical on all 3 peers" in out.stdout
+    assert not (p2pd_pids() - before), "the demo left p2pd processes behind"

@@ -32,6 +32,10 @@ class TrainingConfig:
     seed: int = 0  # initial parameters θ₀ are built from this seed, so every founding peer starts equal
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), {"int": int, "float": (int, float), "str": str}[str(f.type)]
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise ConfigError(f"{f.name} must be of type {f.type}, got {value!r}")
         if self.model_size not in MODEL_SIZES:
             raise ConfigError(f"model_size {self.model_size!r} is unknown; choose one of {', '.join(MODEL_SIZES)}")
         if self.compression not in COMPRESSIONS:

@@ -9,8 +9,13 @@
      ├── SwarmError                      the swarm could not be joined or left cleanly
      │    ├── PeerTimeout                nobody answered within the time allowed
      │    └── AddressInUse               a listen address is already taken by another program
-     └── StateError                      a model state (θ, optimizer) failed verification
-          └── HashMismatch               bytes do not match the hash they were announced with
+     ├── StateError                      a model state (θ, optimizer) failed verification
+     │    └── HashMismatch               bytes do not match the hash they were announced with
+     └── LedgerError                     the ledger refused or could not verify something
+          ├── InvalidEvent               an event is malformed, badly signed, mislinked or of an unknown kind
+          │    └── Equivocation          two different events with the same (author, seq): the author is banned
+          ├── InvalidProof               a Merkle inclusion or consistency proof does not verify
+          └── AuditFailure               replaying the ledger found a bad event (named in the message)
 
 The CLI turns every ``KoinonError`` into a one-line message and a non-zero exit code; anything else is a bug
 and is shown with its traceback.
@@ -55,8 +60,39 @@ class HashMismatch(StateError):
     """Data does not match the hash it was announced with."""
 
 
+class LedgerError(KoinonError):
+    """The ledger refused an input or could not verify something."""
+
+
+class InvalidEvent(LedgerError):
+    """An event is malformed, badly signed, mislinked, of an unknown kind, or otherwise refused."""
+
+
+class Equivocation(InvalidEvent):
+    """Two different signed events share (author, seq): a self-contained proof that bans the author.
+
+    ``proof`` holds the two encoded events (sorted), which anyone can verify offline."""
+
+    def __init__(self, message: str, a: bytes = b"", b: bytes = b"") -> None:
+        super().__init__(message)
+        self.proof = (a, b)
+
+
+class InvalidProof(LedgerError):
+    """A Merkle inclusion or consistency proof does not verify."""
+
+
+class AuditFailure(LedgerError):
+    """An offline replay of the ledger failed; the message names the first bad event."""
+
+
 __all__ = [
     "AddressInUse",
+    "AuditFailure",
+    "Equivocation",
+    "InvalidEvent",
+    "InvalidProof",
+    "LedgerError",
     "ConfigError",
     "DataError",
     "HashMismatch",

@@ -238,3 +238,23 @@ def test_read_error_inside_a_directory_skips_that_file(small_corpus_dir: Path, m
     c = Corpus.from_paths([small_corpus_dir])
     assert str(denied) not in c.sources
     assert len(c.sources) == 3
+
+
+def test_eval_batches_reject_sequences_longer_than_a_block(corpus: Corpus):
+    # a window longer than a block would run out of its validation block into training data
+    with pytest.raises(DataError, match="seq_len"):
+        corpus.eval_batches(batch_size=8, seq_len=BLOCK_SIZE)
+    assert corpus.eval_batches(batch_size=8, seq_len=BLOCK_SIZE - 1)[0].shape[1] == BLOCK_SIZE
+
+
+@pytest.mark.parametrize("seq_len", [BLOCK_SIZE - 1, BLOCK_SIZE - 6, 4000, 128])
+def test_eval_windows_stay_inside_the_validation_block(seq_len: int):
+    # two blocks: block 1 is the validation block and ends exactly where the data ends
+    data = bytes(range(32, 127)) * (2 * BLOCK_SIZE // 95 + 1)
+    c = Corpus(data[: 2 * BLOCK_SIZE], ["memory"])
+    assert c.val_blocks == [1]
+    batches = c.eval_batches(batch_size=8, seq_len=seq_len)
+    val_block = data[BLOCK_SIZE : 2 * BLOCK_SIZE]
+    rows = [row for batch in batches for row in batch]
+    assert rows and all(row.shape == (seq_len + 1,) for row in rows)
+    assert all(bytes((row - BYTE_OFFSET).tolist()) in val_block for row in rows)

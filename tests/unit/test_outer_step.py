@@ -153,5 +153,5 @@ def test_load_state_tensors_rejects_wrong_shape():
 
 def test_step_rejects_mismatched_shapes():
     opt = OuterOptimizer(0.7, 0.9, 3)
-    with pytest.raises(AssertionError, match="shape mismatch"):
+    with pytest.raises(ValueError, match="shape mismatch"):
         opt.step(torch.zeros(3), torch.zeros(4))

@@ -32,6 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="koinon",
         description="Train, verify, govern and serve AI models together over a peer-to-peer network.",
+        epilog="examples:\n  koinon demo                 # a 3-peer swarm on this machine for 3 minutes\n"
+        "  koinon id                   # create your member key\n"
+        "  koinon start --help         # run a peer, join others",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"koinon {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="show detailed logs and tracebacks")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,15 +114,20 @@ class Identity:
         key = Ed25519PrivateKey.generate()
         seed = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
         public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        tmp = path.with_suffix(".tmp")
-        # O_EXCL + 0600 from the start: the secret is never readable by others, not even for a moment.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # mkstemp creates the file with O_EXCL and mode 0600: the secret is never readable by others, not even
+        # for a moment. os.link then publishes it only if no key exists yet, so two processes creating a key at
+        # once end up sharing the first one instead of each believing in its own.
+        fd, tmp = tempfile.mkstemp(dir=home, prefix=".identity-", suffix=".tmp")
         try:
             os.write(fd, _PRIVATE_PREFIX + seed + public)
             os.fsync(fd)
-        finally:
             os.close(fd)
-        os.replace(tmp, path)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return cls.load(home)
+        finally:
+            os.unlink(tmp)
         return cls(private_key=key, path=path)
 
     @classmethod

@@ -59,6 +59,19 @@ def load_checkpoint(path: Path, model: torch.nn.Module) -> dict:
         tensors = load_file(str(path))
     except Exception as e:
         raise StateError(f"checkpoint {path} cannot be read ({e}); it may be truncated") from e
+    names = [name for name, _ in model.named_parameters()]
+    if set(names) - set(tensors):
+        raise StateError(f"checkpoint {path} lacks tensors {sorted(set(names) - set(tensors))[:3]}")
+    params = dict(model.named_parameters())
+    misfit = [n for n in names if tensors[n].shape != params[n].shape]
+    if misfit:
+        raise StateError(
+            f"checkpoint {path} does not fit this model (was it saved with another model size?): "
+            f"{misfit[0]} has shape {tuple(tensors[misfit[0]].shape)}, expected {tuple(params[misfit[0]].shape)}"
+        )
+    flat = torch.cat([tensors[n].reshape(-1).to(torch.float32) for n in names])
+    if theta_hash(flat) != metadata.get("theta_hash") or not path.name.startswith(theta_hash(flat)[:16]):
+        raise HashMismatch(f"checkpoint {path} does not match its hash; the model was left unchanged")
     model.load_state_dict(tensors, strict=False)
     digest = theta_hash(flat_parameters(model))
     if digest != metadata.get("theta_hash") or not path.name.startswith(digest[:16]):

@@ -1,6 +1,7 @@
 """Pseudo-gradient encodings on the wire.
 
-- ``fp16``: hivemind's ``Float16Compression`` (values clamped to ±65504). Relative error ≤ 2⁻¹¹ for normal values.
+- ``fp16``: IEEE half precision, hivemind's ``FLOAT16`` wire format but without its clamp to ±65504, so Inf stays
+  Inf (and is rejected by the receiver). Relative error ≤ 2⁻¹¹ for values in fp16's normal range.
 - ``int8``: per-block absmax quantisation, Koinon's own: blocks of ``INT8_BLOCK`` values, scale = absmax/127
   (float32), q = round(x/scale) ∈ [−127, 127]. Absolute error ≤ scale/2 = absmax/254 per block. Wire layout:
   ``int8[n] ‖ float32 scales[ceil(n/INT8_BLOCK)]``, little-endian. A NaN or ±Inf in a block makes that block's
@@ -21,6 +22,24 @@ from hivemind.compression import serialization as _serialization
 from hivemind.proto import runtime_pb2
 
 INT8_BLOCK = 256
+
+
+class Float16(Float16Compression):
+    """fp16 without hivemind's clamp to ±65504: an Inf (or a value beyond fp16's range) arrives as Inf, so the
+    receiving reducer sees the poisoned part and rejects it instead of averaging a silently clipped value."""
+
+    def compress(self, tensor: torch.Tensor, info: CompressionInfo, allow_inplace: bool = False) -> runtime_pb2.Tensor:
+        if not torch.is_floating_point(tensor) or tensor.dtype == torch.bfloat16:
+            raise ValueError(f"{self.__class__.__name__} does not support {tensor.dtype} tensors")
+        tensor = tensor.detach().cpu()
+        half = tensor.to(torch.float32).to(torch.float16)
+        return runtime_pb2.Tensor(
+            compression=self.compression_type,
+            buffer=half.numpy().tobytes(),
+            size=tensor.shape,
+            dtype=tensor.numpy().dtype.name,
+            requires_grad=False,
+        )
 
 
 class BlockwiseInt8(CompressionBase):
@@ -78,7 +97,7 @@ class BlockwiseInt8(CompressionBase):
 
 
 _ENCODINGS: dict[str, CompressionBase] = {
-    "fp16": Float16Compression(),
+    "fp16": Float16(),
     "int8": BlockwiseInt8(),
     "none": NoCompression(),
 }
@@ -87,6 +106,7 @@ _ENCODINGS: dict[str, CompressionBase] = {
 def install() -> None:
     """Make hivemind decode ``BLOCKWISE_8BIT`` parts with :class:`BlockwiseInt8` in this process."""
     _serialization._BASE_COMPRESSION_TYPES["BLOCKWISE_8BIT"] = _ENCODINGS["int8"]
+    _serialization._BASE_COMPRESSION_TYPES["FLOAT16"] = _ENCODINGS["fp16"]
 
 
 def get_compression(name: str) -> CompressionBase:

@@ -319,7 +319,10 @@ class Peer:
             # no group at all (or every attempt failed): catch up from the most advanced live peer
             resynced = self._sync_from_best(exclude_round_below=r)
             if not resynced:
-                return self._finish_round(r, loss, None, started, group=[], in_sync=False, resynced=False)
+                # nobody finished round r either: θ stays as it was and the next round tries again
+                self._log(event="round_failed", round=r, seconds=round(time.time() - started, 3))
+                logger.info("round %d: no group and nobody ahead of us; trying again next round", r)
+                return None
         else:
             with self.averager.get_tensors() as (buffer,):
                 avg = buffer.clone()

@@ -38,9 +38,10 @@ class OuterOptimizer:
     @torch.no_grad()
     def step(self, theta: torch.Tensor, grad: torch.Tensor) -> None:
         """Update ``theta`` in place with the outer gradient ``grad`` (= Δ̄). Shapes: (P,)."""
-        assert theta.shape == grad.shape == self.buffer.shape, (
-            f"shape mismatch: θ {tuple(theta.shape)}, Δ̄ {tuple(grad.shape)}, momentum {tuple(self.buffer.shape)}"
-        )
+        if not theta.shape == grad.shape == self.buffer.shape:
+            raise ValueError(
+                f"shape mismatch: θ {tuple(theta.shape)}, Δ̄ {tuple(grad.shape)}, momentum {tuple(self.buffer.shape)}"
+            )
         self.buffer = torch.mul(self.buffer, self.momentum)
         self.buffer = torch.add(self.buffer, grad)
         update = torch.add(grad, torch.mul(self.buffer, self.momentum))

@@ -107,6 +107,12 @@ def _add_peer_arguments(sp: argparse.ArgumentParser) -> None:
         help="public addresses to tell others (behind NAT/port forwarding)",
     )
     sp.add_argument("--swarm", default="koinon", help="swarm name: peers with another name never mix (default koinon)")
+    sp.add_argument(
+        "--swarm-id",
+        default=None,
+        metavar="HEX",
+        help="refuse to join unless the initial peers' ledger has this swarm id (printed by every peer)",
+    )
     sp.add_argument("--inner-steps", type=int, default=None, help="H: inner AdamW steps per round (default 50)")
     sp.add_argument("--outer-lr", type=float, default=None, help="outer Nesterov SGD learning rate (default 0.7)")
     sp.add_argument("--batch-size", type=int, default=None, help="sequences per inner step (default 8)")
@@ -171,6 +177,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         matchmaking_time=args.matchmaking_time,
         averaging_timeout=args.averaging_timeout,
         attack=args.attack,
+        swarm_id=args.swarm_id,
     )
     peer = Peer(options)
 
@@ -186,6 +193,8 @@ def cmd_start(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, stop)
         (Path(args.home) / "maddrs").write_text("\n".join(maddrs) + "\n")
         print(f"member {peer.member}", flush=True)
+        if peer.swarm_id:
+            print(f"swarm  {peer.swarm_id}", flush=True)
         print("others can join with:", flush=True)
         for m in maddrs:
             print(f"  koinon start --initial-peers {m}", flush=True)

@@ -30,8 +30,11 @@ from pathlib import Path
 import torch
 
 from koinon.config import TrainingConfig
-from koinon.errors import HashMismatch, KoinonError
+from koinon.errors import HashMismatch, KoinonError, SwarmError
 from koinon.identity import Identity, short_id
+from koinon.ledger.node import LedgerNode
+from koinon.ledger.p2p import LedgerService
+from koinon.ledger.store import LedgerStore
 from koinon.store.checkpoint import save_checkpoint
 from koinon.swarm import node
 from koinon.swarm.averaging import ExactAverager
@@ -63,6 +66,8 @@ class PeerOptions:
     threads: int = 0  # torch threads; 0 keeps torch's default
     checkpoint_every: int = 10
     attack: str | None = None
+    epoch_ms: int = 2000  # ledger cut epochs (a charter rule: joiners take the founder's value)
+    swarm_id: str | None = None  # hex: refuse to join a swarm whose charter has another id
 
 
 def state_hash(round_no: int, theta: torch.Tensor, momentum: torch.Tensor) -> str:
@@ -107,9 +112,15 @@ class Peer:
         self.theta = flat_parameters(self.model)  # θ: shape (P,)
         self.outer = OuterOptimizer(self.config.outer_lr, self.config.outer_momentum, self.theta.numel())
         self.inner = InnerTrainer(self.model, self.config)
+        self.ledger = LedgerNode(
+            LedgerStore(self.home / "ledger.sqlite"), self.identity, lambda: int(time.time() * 1000), options.epoch_ms
+        )
+        self.ledger_service: LedgerService | None = None
         self.round = 0
         self.last_group: list[str] = [self.member]
         self.step_time = 0.1  # seconds per inner step, refined every round
+        self._theta_hex = theta_hash(self.theta)
+        self._bytes_recorded = 0
         self.tokens = 0
         self.rounds_synced_from_peers = 0
 
@@ -139,7 +150,51 @@ class Peer:
         )
         self.averager.set_state_provider(self._serve_state)
         threading.Thread(target=self._announce_loop, daemon=True, name="koinon-announce").start()
+        if not o.initial_peers and self.ledger.store.swarm_id is None:
+            self.ledger.found(
+                o.swarm,
+                training={
+                    "config": self.config.canonical_json().decode(),
+                    "hash": bytes.fromhex(self.config.config_hash()),
+                },
+                rules={"epoch_ms": o.epoch_ms, "admission": "open"},
+            )
+        self.ledger_service = LedgerService(
+            self.dht, self.ledger, protocol=f"koinon/ledger/{o.swarm}", theta=lambda: bytes.fromhex(self._theta_hex)
+        )
+        self.ledger_service.start()
         return [str(m) for m in self.dht.get_visible_maddrs()]
+
+    @property
+    def swarm_id(self) -> str | None:
+        sid = self.ledger.store.swarm_id
+        return sid.hex() if sid else None
+
+    def _record(self, kind: str, body: dict) -> None:
+        """Append to our ledger feed and push it out at once."""
+        try:
+            self.ledger.append_own(kind, body)
+        except KoinonError as e:
+            logger.warning("could not record %s on the ledger: %s", kind, e)
+            return
+        if self.ledger_service is not None:
+            self.ledger_service.kick.set()
+
+    def _join_ledger(self) -> None:
+        """Get the swarm's charter (from the initial peers), check it, and record our join."""
+        deadline = time.monotonic() + self.options.wait_timeout
+        while self.ledger.store.swarm_id is None and time.monotonic() < deadline and not self.stop_event.is_set():
+            self.ledger_service.kick.set()
+            time.sleep(0.2)
+        if self.ledger.store.swarm_id is None:
+            raise SwarmError(
+                "could not fetch the swarm's ledger (its charter) from the initial peers; are they Koinon peers?"
+            )
+        if self.options.swarm_id and self.swarm_id != self.options.swarm_id.lower():
+            raise SwarmError(f"the initial peers belong to swarm {self.swarm_id}, not {self.options.swarm_id}")
+        charter = self.ledger.store.charter()
+        self.ledger.epoch_ms = int(charter.body["rules"].get("epoch_ms", self.ledger.epoch_ms))
+        self._record("join", {"maddrs": [str(m) for m in self.dht.get_visible_maddrs()][:16]})
 
     def _thread_excepthook(self, args: threading.ExceptHookArgs) -> None:
         # On Ctrl-C the terminal signals the whole process group, p2pd included, so hivemind's threads may fail
@@ -151,7 +206,13 @@ class Peer:
 
     def close(self) -> None:
         self.stop_event.set()
+        if self.ledger_service is not None:
+            if self.ledger.store.swarm_id is not None:
+                self._record("leave", {"reason": "clean exit"})
+                time.sleep(min(1.0, self.ledger_service.sync_interval * 2))  # let the leave event go out
+            self.ledger_service.stop()
         node.shutdown(self.averager, self.dht)
+        self.ledger.store.close()
 
     # --- DHT announcements -------------------------------------------------------------------------------------
     def _announce(self, **info: object) -> None:
@@ -223,6 +284,7 @@ class Peer:
                         self.theta.copy_(theta)
                         self.outer.buffer = momentum.clone()
                         self.round = int(meta["round"])
+                        self._theta_hex = theta_hash(self.theta)
                     self.rounds_synced_from_peers += 1
                     return True
             time.sleep(0.3)
@@ -244,6 +306,7 @@ class Peer:
         """Before the first round: wait for the expected peers, then load the swarm's state if it has one.
         Returns True when this peer joined a running swarm (its first round then contributes nothing)."""
         o = self.options
+        self._join_ledger()
         deadline = time.monotonic() + o.wait_timeout
         self._announce(round=0, done=0, eta=0.0, state="")
         while time.monotonic() < deadline and not self.stop_event.is_set():
@@ -355,24 +418,31 @@ class Peer:
 
         o = self.options
         peers = self.live_peers()
-        same_round = [v for m, v in peers.items() if int(v.get("round", -1)) == r and m != self.member]
+        others = {m: v for m, v in peers.items() if m != self.member}
+        same_round = [v for v in others.values() if int(v.get("round", -1)) == r]
+        # peers still finishing round r-1 will be here soon: wait for them too (a stale record of a dead peer
+        # costs at most one such wait per round until its announcement expires)
+        behind = [v for v in others.values() if int(v.get("round", -1)) == r - 1]
         gather = dict(member=self.member, round=self.round, state=pre_state, samples=samples)
-        if not same_round:
+        if not same_round and not behind:
             # alone in this round: the "average" is our own Δ as it would come back from the wire
             with self.averager.get_tensors() as (buffer,):
                 buffer.copy_(roundtrip(delta, get_compression(self.config.compression)))
             return {self.member: gather}
         with self.averager.get_tensors() as (buffer,):
             buffer.copy_(delta)
-        self.averager.configure_matchmaking(min_group_size=2, target_group_size=len(same_round) + 1)
+        self.averager.configure_matchmaking(min_group_size=2, target_group_size=len(same_round) + len(behind) + 1)
         now = get_dht_time()
-        latest_eta = max([now] + [float(v.get("eta", 0.0)) for v in same_round])
-        scheduled = min(latest_eta, now + o.averaging_timeout) + 0.25
+        etas = [float(v.get("eta", 0.0)) for v in same_round]
+        if behind:
+            etas.append(now + self.config.inner_steps * self.step_time + 1.0)
+        scheduled = min(max([now, *etas]), now + o.averaging_timeout) + 0.25
         logger.debug(
-            "round %d: %d live peers, %d in this round; all-reduce scheduled in %.2f s",
+            "round %d: %d live peers, %d in this round, %d finishing the last; all-reduce scheduled in %.2f s",
             r,
             len(peers),
             len(same_round),
+            len(behind),
             scheduled - now,
         )
         try:
@@ -404,6 +474,20 @@ class Peer:
     def _finish_round(self, r, loss, gathered, started, group, in_sync, resynced) -> None:
         eval_loss = self.evaluate()
         theta = theta_hash(self.theta)
+        sent = int(self.averager.bytes_sent.value)
+        self._record(
+            "round",
+            {
+                "round": self.round,
+                "theta": bytes.fromhex(theta),
+                "prev_theta": bytes.fromhex(self._theta_hex),
+                "participants": sorted(group),
+                "samples": sum(int(v["samples"]) for v in (gathered or {}).values()),
+                "bytes": sent - self._bytes_recorded,
+                "config": bytes.fromhex(self.config.config_hash()),
+            },
+        )
+        self._theta_hex, self._bytes_recorded = theta, sent
         self._announce(
             round=self.round + 1,
             done=self.round,

@@ -1,0 +1,406 @@
+"""Audit: replay a ledger from genesis, verify everything and re-derive its state (DESIGN §6, ``koinon audit``).
+
+:func:`audit` takes event wires (an export, or the rows of a peer's ``ledger.sqlite``) and trusts nothing else:
+
+1. **Replay** into a fresh in-memory :class:`~koinon.ledger.store.LedgerStore`, in the given order, so each event
+   passes exactly the store's checks: canonical encoding, swarm id, signature, kind and body schema, ``seq``/``prev``
+   chain link, known parents. (The store's clock is set one day past the newest event, so old ledgers do not fail
+   the "not in the future" rule.) A duplicate is an error; two different events with one ``(author, seq)`` are an
+   equivocation: recorded, reported, and the author's later events are excluded, as a live store does.
+2. **Consensus**: a :class:`~koinon.ledger.cuts.Chain` recomputes every notarization and the Streamlet finality.
+   Every cut proposal is recomputed (index, log root and size, as ``LedgerNode.check_cut``) and must come from
+   its epoch's leader; every cosign must be by an eligible member, name its cut's epoch, and be its author's only
+   vote in that epoch; every equivocation event must carry a valid proof.
+3. **Log**: the total order through the last final cut is rebuilt and its RFC 9162 Merkle root must equal the
+   root and size that cut signed.
+4. **State**: members (charter founders, + joins, − leaves, − equivocators), the rounds (θ lineage), counts.
+
+The first problem, by position in the input, raises :class:`~koinon.errors.AuditFailure` naming that event
+("event #17 (…abcd1234 seq 5, round): bad signature"); the exception's ``index`` is its 0-based position.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+
+from koinon.errors import AuditFailure, Equivocation, InvalidEvent
+from koinon.ledger import cbor
+from koinon.ledger.cuts import GENESIS, Chain, leader
+from koinon.ledger.event import Event, verify_signature_of
+from koinon.ledger.merkle import root
+from koinon.ledger.store import LedgerStore
+
+DAY_MS = 86_400_000
+PARALLEL_MIN_EVENTS = 4000  # below this, starting worker processes costs more than the signatures
+CHUNK = 1000
+
+# Pre-verifying signatures in worker processes only pays if the replay store can then skip its own check.
+_STORE_SKIPS_SIGNATURES = "verify_signatures" in inspect.signature(LedgerStore.append).parameters
+
+
+@dataclass
+class AuditReport:
+    swarm: str  # hex swarm id (the charter's id)
+    name: str  # the charter's swarm name
+    events: int
+    final_events: int
+    final_cut: dict | None  # {index, epoch, size, root, id, author} of the last final cut
+    log_root: str  # hex RFC 9162 root of the total order (equals the final cut's root)
+    members: list[str]  # members at the last final cut
+    rounds: list[dict]  # one per round event: {position, round, author, prev_theta, theta, participants, final}
+    equivocators: list[str]
+    kinds: dict[str, int]
+    founders: list[str] = field(default_factory=list)
+    cuts: dict[str, int] = field(default_factory=dict)  # proposed, checked, notarized, final
+    excluded: int = 0  # events of equivocators refused after their equivocation
+    lineage_breaks: list[dict] = field(default_factory=list)  # round events whose θ before no earlier round made
+
+    def summary(self) -> str:
+        def tail(member: str) -> str:
+            return "…" + member[-8:]
+
+        pending = self.events - self.final_events - self.excluded
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(self.kinds.items(), key=lambda kv: (-kv[1], kv[0])))
+        lines = [
+            "ledger audit: OK",
+            f"swarm         {self.swarm} ({self.name!r})",
+            f"events        {self.events}: {self.final_events} final, {pending} pending"
+            + (f", {self.excluded} excluded (equivocators)" if self.excluded else "")
+            + "; every signature, link, kind and body verifies",
+            f"kinds         {kinds}",
+            f"cuts          {self.cuts.get('proposed', 0)} proposed, {self.cuts.get('checked', 0)} recomputed, "
+            f"{self.cuts.get('notarized', 0)} notarized, {self.cuts.get('final', 0)} final",
+        ]
+        if self.final_cut:
+            c = self.final_cut
+            lines.append(
+                f"final cut     #{c['index']} (epoch {c['epoch']}, by {tail(c['author'])}, event {c['id'][:16]}): "
+                f"size {c['size']}, root {c['root'][:16]}…"
+            )
+            lines.append(f"log root      {self.log_root} over {self.final_events} events = the final cut's root")
+        else:
+            lines.append("final cut     none yet (only the charter is final)")
+            lines.append(f"log root      {self.log_root} over {self.final_events} event")
+        founders = set(self.founders)
+        listed = ", ".join(tail(m) + (" (founder)" if m in founders else "") for m in self.members)
+        lines.append(f"members       {len(self.members)}: {listed}")
+        lines.append(
+            f"equivocators  {', '.join(tail(m) for m in self.equivocators) if self.equivocators else 'none'}"
+        )
+        final_rounds = [r for r in self.rounds if r["final"]]
+        numbers = sorted({r["round"] for r in final_rounds})
+        if numbers:
+            last = final_rounds[-1]
+            span = f"rounds {numbers[0]}…{numbers[-1]}" if len(numbers) > 1 else f"round {numbers[0]}"
+            lines.append(
+                f"rounds        {len(numbers)} final ({span}, {len(final_rounds)} round events), "
+                f"last θ {last['theta'][:16]}…"
+            )
+        else:
+            lines.append("rounds        none final yet")
+        if len(self.rounds) > len(final_rounds):
+            lines.append(f"              {len(self.rounds) - len(final_rounds)} round events pending")
+        if self.lineage_breaks:
+            for b in self.lineage_breaks:
+                lines.append(
+                    f"θ lineage     break: round {b['round']} by {tail(b['author'])} starts from θ "
+                    f"{b['prev_theta'][:16]}…, which no earlier round produced"
+                )
+        elif numbers:
+            lines.append("θ lineage     unbroken: every round starts from a θ an earlier round produced")
+        return "\n".join(lines)
+
+
+# --- naming events in failures ----------------------------------------------------------------------------------
+def _header(wire: object) -> tuple[str | None, int | None, str | None]:
+    """(author, seq, kind) of an event, as far as its bytes parse."""
+    try:
+        raw = cbor.decode(wire) if isinstance(wire, (bytes, bytearray)) else None
+    except cbor.NonCanonical:
+        return None, None, None
+    if not isinstance(raw, dict):
+        return None, None, None
+    author, seq, kind = raw.get("author"), raw.get("seq"), raw.get("kind")
+    return (
+        author if isinstance(author, str) else None,
+        seq if isinstance(seq, int) and not isinstance(seq, bool) else None,
+        kind if isinstance(kind, str) else None,
+    )
+
+
+class _Namer:
+    def __init__(self, wires: Sequence[object], names: Sequence[str] | None) -> None:
+        self.wires, self.names = wires, names
+
+    def __call__(self, index: int) -> str:
+        author, seq, kind = _header(self.wires[index])
+        who = []
+        if author is not None:
+            who.append(f"…{author[-8:]}")
+        if seq is not None:
+            who.append(f"seq {seq}")
+        what = " ".join(who) if who else "unparseable"
+        if kind is not None:
+            what += f", {kind}"
+        if self.names is not None:
+            what = f"{self.names[index]}: {what}"
+        return f"event #{index + 1} ({what})"
+
+    def failure(self, index: int, reason: str) -> AuditFailure:
+        error = AuditFailure(f"{self(index)}: {reason}")
+        error.index = index  # type: ignore[attr-defined]
+        return error
+
+
+def _reason(error: Exception, e: Event) -> str:
+    """The store's message without the event's own short name (the audit names the event already)."""
+    return str(error).replace(f"{e.short()}: ", "").replace(f" on {e.short()}", "")
+
+
+# --- signatures in parallel ----------------------------------------------------------------------------------------
+def _verify_chunk(wires: list[bytes]) -> list[bool]:
+    """True for each wire that parses and carries its author's valid signature (runs in a worker process)."""
+    out = []
+    for wire in wires:
+        try:
+            verify_signature_of(Event.from_wire(wire))
+        except InvalidEvent:
+            out.append(False)
+        else:
+            out.append(True)
+    return out
+
+
+def verify_signatures(wires: Sequence[bytes], workers: int | None = None) -> list[bool]:
+    """Check every signature, on ``workers`` processes (default: every CPU core); True where it verifies."""
+    workers = workers or os.cpu_count() or 1
+    chunks = [list(wires[i : i + CHUNK]) for i in range(0, len(wires), CHUNK)]
+    if workers < 2 or len(chunks) < 2:
+        return [ok for chunk in chunks for ok in _verify_chunk(chunk)]
+    # spawn, not fork: the caller may have threads (a running CLI, a test runner), and fork would copy their locks
+    with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=get_context("spawn")) as pool:
+        return [ok for result in pool.map(_verify_chunk, chunks) for ok in result]
+
+
+# --- the audit --------------------------------------------------------------------------------------------------------
+def _check_cut(chain: Chain, cut: Event) -> None:
+    """``LedgerNode.check_cut`` on a bare chain: KeyError while events are missing, ValueError if the cut is wrong."""
+    parent = cut.body["prev"] or GENESIS
+    if parent != GENESIS and not (parent in chain.cuts and chain.cuts[parent].height):
+        raise KeyError("parent cut unknown")
+    expected_index = 0 if parent == GENESIS else chain.cuts[parent].height
+    if cut.body["index"] != expected_index:
+        raise ValueError(f"index {cut.body['index']} should be {expected_index}")
+    frontier = {a: (int(v[0]), bytes(v[1])) for a, v in cut.body["frontier"].items()}
+    _, leaves = chain.order_after(parent, frontier)
+    if cut.body["size"] != len(leaves) or cut.body["root"] != root(leaves):
+        raise ValueError(
+            f"log root or size does not match the events the cut covers (signed size {cut.body['size']}, "
+            f"recomputed {len(leaves)})"
+        )
+
+
+def _check_equivocation_proof(e: Event, swarm: bytes) -> str:
+    """The equivocator named by an ``equivocation`` event; ValueError unless its proof holds."""
+    try:
+        a, b = Event.from_wire(e.body["a"]), Event.from_wire(e.body["b"])
+        verify_signature_of(a)
+        verify_signature_of(b)
+    except InvalidEvent as error:
+        raise ValueError(f"equivocation proof does not hold: {error}") from None
+    if a.author != b.author or a.seq != b.seq or a.id == b.id or a.swarm != swarm or b.swarm != swarm:
+        raise ValueError("equivocation proof does not hold: the events differ in author, seq or swarm, or are equal")
+    return a.author
+
+
+def audit(
+    wires: Iterable[bytes],
+    *,
+    source_names: Sequence[str] | None = None,
+    expected_swarm: bytes | None = None,
+    claimed_ids: Sequence[bytes] | None = None,
+    workers: int | None = None,
+) -> AuditReport:
+    """Replay ``wires`` from genesis and verify everything (see the module docstring).
+
+    ``source_names`` label each input in messages (e.g. "row 23"); ``expected_swarm`` is the swarm id the source
+    claims (an export's header); ``claimed_ids`` are ids stored beside the wires, which must match their hashes.
+    Returns the report; raises AuditFailure naming the first bad event."""
+    wires = list(wires)
+    names = list(source_names) if source_names is not None else None
+    if names is not None and len(names) != len(wires):
+        raise ValueError("source_names must name every event")
+    name = _Namer(wires, names)
+    if not wires:
+        raise AuditFailure("the ledger is empty: it has no charter")
+
+    # 1. parse everything (to set the replay clock); remember the first event that does not parse
+    events: list[Event] = []
+    stop: tuple[int, str] | None = None  # (index, reason) of the first replay failure
+    for i, wire in enumerate(wires):
+        try:
+            if not isinstance(wire, (bytes, bytearray)):
+                raise InvalidEvent("not a byte string")
+            e = Event.from_wire(bytes(wire))
+        except InvalidEvent as error:
+            stop = (i, str(error))
+            break
+        if claimed_ids is not None and claimed_ids[i] != e.id:
+            stop = (i, f"stored id {bytes(claimed_ids[i] or b'').hex()[:16]} is not the event's hash {e.id.hex()[:16]}")
+            break
+        events.append(e)
+
+    signature_ok: list[bool] | None = None
+    if _STORE_SKIPS_SIGNATURES and len(events) >= PARALLEL_MIN_EVENTS and (workers or os.cpu_count() or 1) > 1:
+        signature_ok = verify_signatures([e.wire for e in events], workers)
+
+    # 2. replay through the store's own checks
+    newest = max((e.time for e in events), default=0)
+    store = LedgerStore(":memory:", clock=lambda: (newest + DAY_MS) / 1000)
+    append = store.append if signature_ok is None else (lambda e: store.append(e, verify_signatures=False))
+    chain = Chain(store)
+    position: dict[bytes, int] = {}
+    equivocators: dict[str, int] = {}  # author → index of the event that proved it
+    excluded = 0
+    for i, e in enumerate(events):
+        if signature_ok is not None and not signature_ok[i]:
+            stop = (i, "bad signature")
+            break
+        if i == 0 and expected_swarm is not None and e.kind == "charter" and e.id != expected_swarm:
+            stop = (i, f"the source says swarm {expected_swarm.hex()[:16]}, but this charter's id is {e.id.hex()[:16]}")
+            break
+        try:
+            added = append(e)
+        except Equivocation:
+            equivocators.setdefault(e.author, i)
+            excluded += 1
+            continue
+        except InvalidEvent as error:
+            if e.author in equivocators and "banned" in str(error):
+                excluded += 1
+                continue
+            stop = (i, _reason(error, e))
+            break
+        if not added:
+            stop = (i, f"duplicate of event #{position[e.id] + 1}")
+            break
+        position[e.id] = i
+        chain.observe(e)
+
+    # 3. consensus rules, over what replayed; the first problem by input position wins
+    problems: list[tuple[int, str]] = [stop] if stop else []
+    swarm = store.swarm_id or b""
+    unchecked: set[bytes] = set()
+    checked = 0
+    for cut in chain.cuts.values():
+        i = position[cut.id]
+        try:
+            _check_cut(chain, cut.event)
+            checked += 1
+        except KeyError:
+            unchecked.add(cut.id)
+        except ValueError as error:
+            problems.append((i, f"bad cut: {error}"))
+            continue
+        eligible = chain.members(cut.parent)
+        if eligible is not None:
+            if cut.event.author not in eligible:
+                problems.append((i, "cut proposed by a member who is not eligible"))
+            elif cut.event.author != (lead := leader(swarm, cut.epoch, eligible)):
+                problems.append((i, f"cut proposed in epoch {cut.epoch}, which …{lead[-8:]} leads, not its author"))
+    votes: dict[tuple[str, int], tuple[bytes, int]] = {}
+    for e in events[: stop[0] if stop else len(events)]:
+        if e.id not in position:
+            continue
+        i = position[e.id]
+        if e.kind == "cosign":
+            epoch, cut_id = int(e.body["epoch"]), e.body["cut"]
+            earlier = votes.setdefault((e.author, epoch), (cut_id, i))
+            if earlier[0] != cut_id:
+                problems.append((i, f"a second cosign in epoch {epoch} (event #{earlier[1] + 1} voted already)"))
+            if cut_id in chain.cuts:
+                info = chain.cuts[cut_id]
+                eligible = chain.eligible(cut_id)
+                if info.epoch != epoch:
+                    problems.append((i, f"cosign for epoch {epoch} names a cut of epoch {info.epoch}"))
+                elif eligible is not None and e.author not in eligible:
+                    problems.append((i, "cosign by a member who is not eligible for that cut"))
+        elif e.kind == "equivocation":
+            try:
+                equivocators.setdefault(_check_equivocation_proof(e, swarm), i)
+            except ValueError as error:
+                problems.append((i, str(error)))
+    if problems:
+        index, reason = min(problems)
+        raise name.failure(index, reason)
+
+    # 4. the final log and its root
+    final = chain.final_cuts()
+    last = final[-1] if final else None
+    for c in final:
+        if c.id in unchecked:
+            raise name.failure(position[c.id], "final cut covers events missing from the ledger")
+    ids, leaves = chain.order_through(last.id if last else GENESIS)
+    log_root = root(leaves)
+    if last is not None and (last.event.body["root"] != log_root or last.event.body["size"] != len(leaves)):
+        raise name.failure(position[last.id], "the final log's root or size differs from the cut's signed values")
+
+    # 5. state
+    by_id = {e.id: e for e in events}
+    final_ids = set(ids)
+    charter = store.charter()
+    rounds, produced, breaks = [], set(), []
+    ordered = [by_id[i] for i in ids] + [e for e in events if e.id in position and e.id not in final_ids]
+    for index, e in enumerate(ordered):
+        if e.kind != "round":
+            continue
+        entry = {
+            "position": index if e.id in final_ids else None,
+            "final": e.id in final_ids,
+            "round": int(e.body["round"]),
+            "author": e.author,
+            "prev_theta": e.body["prev_theta"].hex(),
+            "theta": e.body["theta"].hex(),
+            "participants": list(e.body["participants"]),
+            "samples": int(e.body["samples"]),
+        }
+        rounds.append(entry)
+        if e.id in final_ids:  # the first final round starts from the initial θ; every later one from a θ made before
+            if not produced:
+                produced.add(e.body["prev_theta"])
+            elif e.body["prev_theta"] not in produced:
+                breaks.append(entry)
+            produced.add(e.body["theta"])
+    notarized = sum(1 for c in chain.cuts if chain.notarized(c))
+    members = chain.members(last.id if last else GENESIS) or frozenset()
+    return AuditReport(
+        swarm=swarm.hex(),
+        name=str(charter.body["name"]) if charter else "",
+        events=len(wires),
+        final_events=len(ids),
+        final_cut=None
+        if last is None
+        else {
+            "index": int(last.event.body["index"]),
+            "epoch": last.epoch,
+            "size": int(last.event.body["size"]),
+            "root": last.event.body["root"].hex(),
+            "id": last.id.hex(),
+            "author": last.event.author,
+        },
+        log_root=log_root.hex(),
+        members=sorted(members),
+        rounds=rounds,
+        equivocators=sorted(equivocators),
+        kinds=dict(Counter(e.kind for e in events if e.id in position)),
+        founders=sorted(charter.body["founders"] or [charter.author]) if charter else [],
+        cuts={"proposed": len(chain.cuts), "checked": checked, "notarized": notarized, "final": len(final)},
+        excluded=excluded,
+        lineage_breaks=breaks,
+    )

@@ -1,0 +1,141 @@
+"""The registry of event kinds and their body schemas (docs/ledger.md §3).
+
+Each kind names a body schema; the store refuses an event whose kind is unknown or whose body does not match.
+Other packages (governance, verification) add their kinds with :func:`register_kind` without touching the core.
+A schema maps field names to checkers; all fields are required and no others are allowed, so a body has one
+meaning and one encoding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from koinon.errors import InvalidEvent
+from koinon.identity.keys import public_key_from_member_id
+
+Checker = Callable[[object], bool]
+
+
+def uint(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 64
+
+
+def text(limit: int = 1024) -> Checker:
+    return lambda v: isinstance(v, str) and len(v) <= limit
+
+
+def hash32(v: object) -> bool:
+    return isinstance(v, bytes) and len(v) == 32
+
+
+def optional(check: Checker) -> Checker:
+    return lambda v: v is None or check(v)
+
+
+def member(v: object) -> bool:
+    if not isinstance(v, str):
+        return False
+    try:
+        public_key_from_member_id(v)
+    except Exception:
+        return False
+    return True
+
+
+def array(check: Checker, limit: int = 4096) -> Checker:
+    return lambda v: isinstance(v, list) and len(v) <= limit and all(check(x) for x in v)
+
+
+def mapping(v: object) -> bool:
+    return isinstance(v, dict)
+
+
+def frontier(v: object) -> bool:
+    """{member id: [seq, head id]}"""
+    return isinstance(v, dict) and all(
+        member(k) and isinstance(x, list) and len(x) == 2 and uint(x[0]) and hash32(x[1]) for k, x in v.items()
+    )
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    schema: dict[str, Checker]
+    doc: str
+
+    def check(self, body: dict) -> None:
+        missing = set(self.schema) - set(body)
+        extra = set(body) - set(self.schema)
+        if missing or extra:
+            raise InvalidEvent(
+                f"{self.name} body: missing {sorted(missing) or 'nothing'}, unexpected {sorted(extra) or 'nothing'}"
+            )
+        for name, check in self.schema.items():
+            if not check(body[name]):
+                raise InvalidEvent(f"{self.name} body: field {name!r} has an invalid value")
+
+
+REGISTRY: dict[str, Kind] = {}
+
+
+def register_kind(name: str, schema: dict[str, Checker], doc: str) -> Kind:
+    """Add an event kind. Registering the same name twice with another schema is a programming error."""
+    if name in REGISTRY and REGISTRY[name].schema is not schema:
+        raise ValueError(f"event kind {name!r} is already registered")
+    REGISTRY[name] = Kind(name, schema, doc)
+    return REGISTRY[name]
+
+
+def check_body(kind: str, body: dict) -> None:
+    if kind not in REGISTRY:
+        raise InvalidEvent(f"unknown event kind {kind!r}")
+    REGISTRY[kind].check(body)
+
+
+register_kind(
+    "charter",
+    {"name": text(128), "founders": array(member, 1024), "training": mapping, "rules": mapping},
+    "Genesis: the swarm's name, founding members, training configuration and rules. Its id is the swarm id.",
+)
+register_kind("join", {"maddrs": array(text(256), 16)}, "A member joins (or re-joins) and says where it listens.")
+register_kind("leave", {"reason": text(256)}, "A member leaves cleanly.")
+register_kind(
+    "round",
+    {
+        "round": uint,
+        "theta": hash32,
+        "prev_theta": hash32,
+        "participants": array(member, 4096),
+        "samples": uint,
+        "bytes": uint,
+        "config": hash32,
+    },
+    "A finished training round as its author saw it: θ before and after, the group, samples and bytes.",
+)
+register_kind(
+    "commit",
+    {"round": uint, "theta": hash32, "shards": array(uint, 1 << 16), "seed": hash32, "steps": uint, "delta": hash32},
+    "A contribution commitment: what a peer claims to have computed in a round (checked by verifiers).",
+)
+register_kind(
+    "cut",
+    {
+        "index": uint,
+        "epoch": uint,
+        "frontier": frontier,
+        "prev": optional(hash32),
+        "root": hash32,
+        "size": uint,
+        "theta": optional(hash32),
+    },
+    "A proposed cut: the frontier it closes, the previous cut, the log root and size after it.",
+)
+register_kind(
+    "cosign", {"epoch": uint, "cut": hash32}, "A member's vote for a cut proposal (by its event id), one per epoch."
+)
+register_kind(
+    "equivocation",
+    {"a": lambda v: isinstance(v, bytes), "b": lambda v: isinstance(v, bytes)},
+    "Proof that an author signed two different events with the same seq: both events, encoded.",
+)

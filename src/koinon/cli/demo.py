@@ -189,6 +189,28 @@ def _plot(rounds: dict[str, list[dict]], starts: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _audit(home: Path) -> dict:
+    """Audit one peer's ledger offline, as anyone could with ``koinon audit --home``."""
+    from koinon.errors import AuditFailure
+    from koinon.ledger.audit import audit_store_file
+
+    try:
+        report = audit_store_file(home / "ledger.sqlite")
+    except AuditFailure as e:
+        return {"ok": False, "error": str(e), "home": str(home)}
+    return {
+        "ok": True,
+        "home": str(home),
+        "swarm": report.swarm,
+        "events": report.events,
+        "final_events": report.final_events,
+        "final_cut": report.final_cut,
+        "log_root": report.log_root,
+        "members": len(report.members),
+        "summary": report.summary(),
+    }
+
+
 def _print_summary(s: dict) -> None:
     console.rule("[bold]Summary")
     console.print(f"eval loss     {s['eval_loss_start']:.3f} → {s['eval_loss_end']:.3f}  (held-out bytes, nats/byte)")
@@ -212,6 +234,12 @@ def _print_summary(s: dict) -> None:
     console.print(f"loss plot     {s['loss_plot']}")
     console.print(f"checkpoint    {s['checkpoint']}")
     console.print(f"peer homes    {s['workdir']}/peer-*  (logs: peer.log, metrics: metrics.jsonl)")
+    ledger = s["ledger"]
+    console.rule(f"[bold]Ledger audit of peer-0 (koinon audit --home {ledger['home']})")
+    if ledger["ok"]:
+        console.print(ledger["summary"], markup=False, highlight=False)
+    else:
+        console.print(f"[red]audit FAILED[/red]: {ledger['error']}")
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -272,8 +300,9 @@ def run_demo(args: argparse.Namespace) -> int:
             if p.proc is not None:
                 p.proc.wait()
     summary = summarize(peers, workdir)
+    summary["ledger"] = _audit(peers[0].home)
     _print_summary(summary)
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary, indent=2) + "\n")
         console.print(f"summary JSON  {args.summary_json}")
-    return 0 if summary["eval_loss_end"] is not None else 1
+    return 0 if summary["eval_loss_end"] is not None and summary["ledger"]["ok"] else 1

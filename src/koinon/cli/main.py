@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from koinon import __version__
+from koinon.cli import ledger_cmds
 from koinon.errors import KoinonError
 
 EPILOG = {
@@ -71,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--inner-steps", type=int, default=None, help="H, inner steps per round (default 50)")
     sp.add_argument("--model-size", default=None, choices=["tiny", "small", "base"], help="default tiny")
     sp.add_argument("--compression", default=None, choices=["fp16", "int8", "none"], help="default fp16")
+    ledger_cmds.register(sub)
     return p
 
 
@@ -225,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     if not verbose:
         for noisy in ("hivemind", "transformers", "matplotlib", "asyncio"):
             logging.getLogger(noisy).setLevel(logging.CRITICAL)
-    commands = {"id": cmd_id, "start": cmd_start, "demo": cmd_demo}
+    commands = {"id": cmd_id, "start": cmd_start, "demo": cmd_demo, **ledger_cmds.main_commands()}
     if args.command is None:
         _parser().print_help()
         return 2

@@ -15,6 +15,10 @@
    root and size that cut signed.
 4. **State**: members (charter founders, + joins, − leaves, − equivocators), the rounds (θ lineage), counts.
 
+Signatures are the largest single cost of a replay. When the store can be told to skip them
+(``LedgerStore.append(…, verify_signatures=False)``; detected at import), :func:`verify_signatures` checks them first
+on every core and the replay skips them; otherwise the store checks each one, on one core.
+
 The first problem, by position in the input, raises :class:`~koinon.errors.AuditFailure` naming that event
 ("event #17 (…abcd1234 seq 5, round): bad signature"); the exception's ``index`` is its 0-based position.
 """
@@ -26,6 +30,7 @@ import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 
@@ -33,8 +38,8 @@ from koinon.errors import AuditFailure, Equivocation, InvalidEvent
 from koinon.ledger import cbor
 from koinon.ledger.cuts import GENESIS, Chain, leader
 from koinon.ledger.event import Event, verify_signature_of
-from koinon.ledger.merkle import root
-from koinon.ledger.store import LedgerStore
+from koinon.ledger.export import iter_store_wires
+from koinon.ledger.store import LedgerStore, check_equivocation_proof
 
 DAY_MS = 86_400_000
 PARALLEL_MIN_EVENTS = 4000  # below this, starting worker processes costs more than the signatures
@@ -90,9 +95,7 @@ class AuditReport:
         founders = set(self.founders)
         listed = ", ".join(tail(m) + (" (founder)" if m in founders else "") for m in self.members)
         lines.append(f"members       {len(self.members)}: {listed}")
-        lines.append(
-            f"equivocators  {', '.join(tail(m) for m in self.equivocators) if self.equivocators else 'none'}"
-        )
+        lines.append(f"equivocators  {', '.join(tail(m) for m in self.equivocators) if self.equivocators else 'none'}")
         final_rounds = [r for r in self.rounds if r["final"]]
         numbers = sorted({r["round"] for r in final_rounds})
         if numbers:
@@ -183,40 +186,66 @@ def verify_signatures(wires: Sequence[bytes], workers: int | None = None) -> lis
     chunks = [list(wires[i : i + CHUNK]) for i in range(0, len(wires), CHUNK)]
     if workers < 2 or len(chunks) < 2:
         return [ok for chunk in chunks for ok in _verify_chunk(chunk)]
-    # spawn, not fork: the caller may have threads (a running CLI, a test runner), and fork would copy their locks
-    with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=get_context("spawn")) as pool:
-        return [ok for result in pool.map(_verify_chunk, chunks) for ok in result]
+    # spawn, not fork: the caller may have threads (a running CLI, a test runner), and fork would copy their locks.
+    # Spawn re-imports the caller's main script; where that is impossible (no `if __name__ == "__main__"` guard, a
+    # sandbox without processes) the pool breaks, and one core does the work instead.
+    try:
+        with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=get_context("spawn")) as pool:
+            return [ok for result in pool.map(_verify_chunk, chunks) for ok in result]
+    except (BrokenProcessPool, OSError, RuntimeError):
+        return [ok for chunk in chunks for ok in _verify_chunk(chunk)]
 
 
 # --- the audit --------------------------------------------------------------------------------------------------------
-def _check_cut(chain: Chain, cut: Event) -> None:
-    """``LedgerNode.check_cut`` on a bare chain: KeyError while events are missing, ValueError if the cut is wrong."""
-    parent = cut.body["prev"] or GENESIS
-    if parent != GENESIS and not (parent in chain.cuts and chain.cuts[parent].height):
-        raise KeyError("parent cut unknown")
-    expected_index = 0 if parent == GENESIS else chain.cuts[parent].height
-    if cut.body["index"] != expected_index:
-        raise ValueError(f"index {cut.body['index']} should be {expected_index}")
-    frontier = {a: (int(v[0]), bytes(v[1])) for a, v in cut.body["frontier"].items()}
-    _, leaves = chain.order_after(parent, frontier)
-    if cut.body["size"] != len(leaves) or cut.body["root"] != root(leaves):
-        raise ValueError(
-            f"log root or size does not match the events the cut covers (signed size {cut.body['size']}, "
-            f"recomputed {len(leaves)})"
-        )
+class _ReplayStore(LedgerStore):
+    """An in-memory store whose reads come from the events it accepted, already parsed.
+
+    Appends go through :meth:`LedgerStore.append` unchanged (every check is the store's own); only ``get`` and
+    ``events_after``, which the chain calls for every cut, skip re-parsing the stored bytes."""
+
+    def __init__(self, clock) -> None:
+        super().__init__(":memory:", clock=clock)
+        self._by_id: dict[bytes, Event] = {}
+        self._feeds: dict[str, list[Event]] = {}  # the store keeps seq = 1, 2, … per author: index = seq − 1
+
+    def append(self, event: Event, **options) -> bool:
+        added = super().append(event, **options)
+        if added:
+            self._by_id[event.id] = event
+            self._feeds.setdefault(event.author, []).append(event)
+        return added
+
+    def get(self, event_id: bytes) -> Event | None:
+        return self._by_id.get(event_id)
+
+    def events_after(self, author: str, after_seq: int, limit: int) -> list[Event]:
+        return self._feeds.get(author, [])[after_seq : after_seq + limit]
 
 
 def _check_equivocation_proof(e: Event, swarm: bytes) -> str:
     """The equivocator named by an ``equivocation`` event; ValueError unless its proof holds."""
     try:
-        a, b = Event.from_wire(e.body["a"]), Event.from_wire(e.body["b"])
-        verify_signature_of(a)
-        verify_signature_of(b)
+        return check_equivocation_proof(e.body["a"], e.body["b"], swarm).author
     except InvalidEvent as error:
-        raise ValueError(f"equivocation proof does not hold: {error}") from None
-    if a.author != b.author or a.seq != b.seq or a.id == b.id or a.swarm != swarm or b.swarm != swarm:
-        raise ValueError("equivocation proof does not hold: the events differ in author, seq or swarm, or are equal")
-    return a.author
+        raise ValueError(str(error)) from None
+
+
+def _members(chain: Chain, cut_id: bytes) -> frozenset[str] | None:
+    """Chain.members, or None where an ``equivocation`` body does not parse (reported at that event instead)."""
+    try:
+        return chain.members(cut_id)
+    except InvalidEvent:
+        return None
+
+
+def audit_store_file(path) -> AuditReport:
+    """Audit a peer's ``ledger.sqlite`` row by row (insertion order), checking each stored id against its event."""
+    rows = list(iter_store_wires(path))
+    return audit(
+        [wire for _, _, wire in rows],
+        source_names=[f"row {rowid}" for rowid, _, _ in rows],
+        claimed_ids=[event_id for _, event_id, _ in rows],
+    )
 
 
 def audit(
@@ -252,7 +281,9 @@ def audit(
             stop = (i, str(error))
             break
         if claimed_ids is not None and claimed_ids[i] != e.id:
-            stop = (i, f"stored id {bytes(claimed_ids[i] or b'').hex()[:16]} is not the event's hash {e.id.hex()[:16]}")
+            claimed = claimed_ids[i]
+            shown = claimed.hex()[:16] if isinstance(claimed, bytes) else repr(claimed)[:20]
+            stop = (i, f"stored id {shown} is not the event's hash {e.id.hex()[:16]}")
             break
         events.append(e)
 
@@ -262,7 +293,7 @@ def audit(
 
     # 2. replay through the store's own checks
     newest = max((e.time for e in events), default=0)
-    store = LedgerStore(":memory:", clock=lambda: (newest + DAY_MS) / 1000)
+    store = _ReplayStore(clock=lambda: (newest + DAY_MS) / 1000)
     append = store.append if signature_ok is None else (lambda e: store.append(e, verify_signatures=False))
     chain = Chain(store)
     position: dict[bytes, int] = {}
@@ -298,17 +329,17 @@ def audit(
     swarm = store.swarm_id or b""
     unchecked: set[bytes] = set()
     checked = 0
-    for cut in chain.cuts.values():
+    for cut in sorted(chain.cuts.values(), key=lambda c: (c.height or len(chain.cuts) + 1, position[c.id])):
         i = position[cut.id]
         try:
-            _check_cut(chain, cut.event)
+            chain.check_cut(cut.event)
             checked += 1
         except KeyError:
             unchecked.add(cut.id)
         except ValueError as error:
             problems.append((i, f"bad cut: {error}"))
             continue
-        eligible = chain.members(cut.parent)
+        eligible = _members(chain, cut.parent)
         if eligible is not None:
             if cut.event.author not in eligible:
                 problems.append((i, "cut proposed by a member who is not eligible"))
@@ -326,7 +357,7 @@ def audit(
                 problems.append((i, f"a second cosign in epoch {epoch} (event #{earlier[1] + 1} voted already)"))
             if cut_id in chain.cuts:
                 info = chain.cuts[cut_id]
-                eligible = chain.eligible(cut_id)
+                eligible = _members(chain, info.parent)
                 if info.epoch != epoch:
                     problems.append((i, f"cosign for epoch {epoch} names a cut of epoch {info.epoch}"))
                 elif eligible is not None and e.author not in eligible:
@@ -346,9 +377,8 @@ def audit(
     for c in final:
         if c.id in unchecked:
             raise name.failure(position[c.id], "final cut covers events missing from the ledger")
-    ids, leaves = chain.order_through(last.id if last else GENESIS)
-    log_root = root(leaves)
-    if last is not None and (last.event.body["root"] != log_root or last.event.body["size"] != len(leaves)):
+    ids, log_root, size, _ = chain.final_log()
+    if last is not None and (last.event.body["root"] != log_root or last.event.body["size"] != size):
         raise name.failure(position[last.id], "the final log's root or size differs from the cut's signed values")
 
     # 5. state

@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from koinon.ledger.event import Event
-from koinon.ledger.merkle import leaf_hash, root
+from koinon.ledger.merkle import CompactRange, extend_range, leaf_hash, range_root, range_size
 from koinon.ledger.store import LedgerStore
 
 GENESIS = b"\x00" * 32  # stands for "no parent cut" in chain bookkeeping
@@ -95,31 +95,34 @@ class Chain:
         self.cuts: dict[bytes, CutInfo] = {}
         self.cosigners: dict[bytes, set[str]] = {}
         self._members: dict[bytes, frozenset[str]] = {}
-        self._order: dict[bytes, tuple[list[bytes], list[bytes]]] = {}
+        self._children: dict[bytes, list[bytes]] = {}
+        # per cut: the events it adds to its parent's log (ids, in order) and the log's compact range after it
+        self._added: dict[bytes, list[bytes]] = {}
+        self._range: dict[bytes, CompactRange] = {}
         self._notarized: set[bytes] = {GENESIS}  # monotone: once notarized, always notarized
+        self._chain_ok: set[bytes] = {GENESIS}  # cuts whose whole chain back to genesis is notarized
         self._final: list[CutInfo] | None = None  # recomputed after a new cut or cosign
 
     # --- feeding events ----------------------------------------------------------------------------------------
     def observe(self, e: Event) -> None:
         if e.kind == "cut":
-            self.cuts[e.id] = CutInfo(e, e.body["prev"] or GENESIS, int(e.body["epoch"]))
-            self._fix_heights()
+            info = CutInfo(e, e.body["prev"] or GENESIS, int(e.body["epoch"]))
+            self.cuts[e.id] = info
+            self._children.setdefault(info.parent, []).append(e.id)
+            if info.parent == GENESIS or (info.parent in self.cuts and self.cuts[info.parent].height):
+                self._set_height(e.id, 1 if info.parent == GENESIS else self.cuts[info.parent].height + 1)
             self._final = None
         elif e.kind == "cosign":
             self.cosigners.setdefault(e.body["cut"], set()).add(e.author)
             self._final = None
 
-    def _fix_heights(self) -> None:
-        changed = True
-        while changed:
-            changed = False
-            for c in self.cuts.values():
-                if c.height:
-                    continue
-                if c.parent == GENESIS:
-                    c.height, changed = 1, True
-                elif c.parent in self.cuts and self.cuts[c.parent].height:
-                    c.height, changed = self.cuts[c.parent].height + 1, True
+    def _set_height(self, cut_id: bytes, height: int) -> None:
+        """Give a cut its height, then its waiting descendants theirs (cuts may arrive before their parents)."""
+        stack = [(cut_id, height)]
+        while stack:
+            cid, h = stack.pop()
+            self.cuts[cid].height = h
+            stack += [(child, h + 1) for child in self._children.get(cid, ())]
 
     # --- chain queries -----------------------------------------------------------------------------------------
     def ancestry(self, cut_id: bytes) -> list[CutInfo]:
@@ -147,11 +150,11 @@ class Chain:
         if info is None or parent_members is None:
             return None
         try:
-            new = self.new_events(info.event, self.covered(info.parent))
+            self._log(cut_id)
         except (KeyError, ValueError):
             return None
         members = set(parent_members)
-        for e in canonical_order(new, set()):
+        for e in map(self.store.get, self._added[cut_id]):
             if e.kind == "join":
                 members.add(e.author)
             elif e.kind == "leave":
@@ -177,15 +180,23 @@ class Chain:
             return True
         return False
 
-    def notarized_chain(self, cut_id: bytes) -> list[CutInfo] | None:
-        chain = self.ancestry(cut_id)
-        if cut_id != GENESIS and not chain:
-            return None
-        return chain if all(self.notarized(c.id) for c in chain) else None
+    def chain_notarized(self, cut_id: bytes) -> bool:
+        """Every cut from genesis to ``cut_id`` is notarized (monotone, so positive answers are cached)."""
+        if cut_id in self._chain_ok:
+            return True
+        path = []
+        while cut_id not in self._chain_ok:
+            info = self.cuts.get(cut_id)
+            if info is None or not self.notarized(cut_id):
+                return False
+            path.append(cut_id)
+            cut_id = info.parent
+        self._chain_ok.update(path)
+        return True
 
     def longest_notarized_tips(self) -> list[bytes]:
         """Tips of the longest fully notarized chains (GENESIS when there is none), smallest id first."""
-        tips = [c.id for c in self.cuts.values() if c.height and self.notarized_chain(c.id) is not None]
+        tips = [c.id for c in self.cuts.values() if c.height and self.chain_notarized(c.id)]
         if not tips:
             return [GENESIS]
         best = max(self.cuts[t].height for t in tips)
@@ -213,7 +224,7 @@ class Chain:
         for tip in leaves:
             # walk down to the longest notarized prefix of this branch
             chain = self.ancestry(tip)
-            while chain and not all(self.notarized(c.id) for c in chain):
+            while chain and not self.chain_notarized(chain[-1].id):
                 chain = chain[:-1]
             final = self._final_prefix(chain)
             if len(final) > len(best):
@@ -228,25 +239,66 @@ class Chain:
             return {charter.author: 1} if charter else {}
         return {a: s for a, (s, _) in frontier_of(self.cuts[cut_id].event).items()}
 
-    def order_through(self, cut_id: bytes) -> tuple[list[bytes], list[bytes]]:
-        """(event ids, leaf hashes) of the total order through ``cut_id`` were its chain final.
-        Raises KeyError while some covered event is missing here."""
-        if cut_id == GENESIS:
-            charter = self.store.charter()
-            return ([charter.id], [leaf_hash(charter.wire)]) if charter else ([], [])
-        if cut_id not in self._order:
-            info = self.cuts[cut_id]
-            ids, leaves = self.order_through(info.parent)
-            new = canonical_order(self.new_events(info.event, self.covered(info.parent)), set())
-            self._order[cut_id] = (ids + [e.id for e in new], leaves + [leaf_hash(e.wire) for e in new])
-        return self._order[cut_id]
+    def _log(self, cut_id: bytes) -> CompactRange:
+        """The compact range of the log through ``cut_id`` (computing its ancestors' first); KeyError while some
+        covered event is missing here, ValueError if a cut is malformed."""
+        if cut_id in self._range:
+            return self._range[cut_id]
+        pending = []
+        while cut_id not in self._range:
+            pending.append(cut_id)
+            if cut_id == GENESIS:
+                break
+            cut_id = self.cuts[cut_id].parent
+        for cid in reversed(pending):
+            if cid == GENESIS:
+                charter = self.store.charter()
+                if charter is None:
+                    raise KeyError("no charter yet")
+                added, base = [charter], []
+            else:
+                info = self.cuts[cid]
+                base = self._range[info.parent]
+                added = canonical_order(self.new_events(info.event, self.covered(info.parent)), set())
+            self._added[cid] = [e.id for e in added]
+            self._range[cid] = extend_range(base, [leaf_hash(e.wire) for e in added])
+        return self._range[pending[0]] if pending else self._range[cut_id]
 
-    def order_after(self, parent: bytes, frontier: dict[str, tuple[int, bytes]]) -> tuple[list[bytes], list[bytes]]:
-        """The order a new cut with this parent and frontier would give (for proposing and checking)."""
-        ids, leaves = self.order_through(parent)
+    def order_through(self, cut_id: bytes) -> list[bytes]:
+        """Event ids of the total order through ``cut_id``, were its chain final."""
+        self._log(cut_id)
+        chain = [GENESIS] + [c.id for c in self.ancestry(cut_id)] if cut_id != GENESIS else [GENESIS]
+        return [i for cid in chain for i in self._added[cid]]
+
+    def log_after(self, parent: bytes, frontier: dict[str, tuple[int, bytes]]) -> tuple[bytes, int]:
+        """(root, size) of the log a new cut with this parent and frontier would sign."""
         fake = Event(b"", "", 1, None, (), "cut", {"frontier": {a: [s, h] for a, (s, h) in frontier.items()}}, 0)
-        new = canonical_order(self.new_events(fake, self.covered(parent)), set())
-        return ids + [e.id for e in new], leaves + [leaf_hash(e.wire) for e in new]
+        added = canonical_order(self.new_events(fake, self.covered(parent)), set())
+        compact = extend_range(self._log(parent), [leaf_hash(e.wire) for e in added])
+        return range_root(compact), range_size(compact)
+
+    def check_cut(self, cut: Event) -> None:
+        """Recompute a cut's index, log root and size. KeyError while events are missing here; ValueError if the
+        cut is wrong (moves a frontier backwards, is not causally closed, or signs another root/size/index)."""
+        parent = cut.body["prev"] or GENESIS
+        if parent != GENESIS and not (parent in self.cuts and self.cuts[parent].height):
+            raise KeyError("parent cut unknown here")
+        expected_index = 0 if parent == GENESIS else self.cuts[parent].height
+        if cut.body["index"] != expected_index:
+            raise ValueError(f"index {cut.body['index']} should be {expected_index}")
+        root_, size = self.log_after(parent, frontier_of(cut))
+        if cut.body["size"] != size or cut.body["root"] != root_:
+            raise ValueError(
+                f"log root or size does not match the events the cut covers (signed size {cut.body['size']}, "
+                f"recomputed {size})"
+            )
+
+    def final_log(self) -> tuple[list[bytes], bytes, int, Event | None]:
+        """(event ids of the total order, its root, its size, the last final cut or None)."""
+        final = self.final_cuts()
+        last = final[-1].id if final else GENESIS
+        compact = self._log(last)
+        return self.order_through(last), range_root(compact), range_size(compact), (final[-1].event if final else None)
 
     def new_events(self, cut: Event, covered: dict[str, int]) -> list[Event]:
         """Events the cut's frontier adds beyond ``covered``; KeyError if one is missing here, ValueError if the
@@ -271,10 +323,6 @@ class Chain:
                     if parent is None or covered.get(parent.author, 0) < parent.seq:
                         raise ValueError(f"cut {cut.short()} is not causally closed at {e.short()}")
         return out
-
-    def log_root(self, cut_id: bytes) -> tuple[bytes, int]:
-        _, leaves = self.order_through(cut_id)
-        return root(leaves), len(leaves)
 
 
 def frontier_of(cut: Event) -> dict[str, tuple[int, bytes]]:

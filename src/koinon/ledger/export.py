@@ -27,6 +27,7 @@ from koinon.errors import AuditFailure
 from koinon.ledger import cbor
 from koinon.ledger.cuts import GENESIS, Chain, canonical_order
 from koinon.ledger.event import Event
+from koinon.ledger.merkle import leaf_hash
 from koinon.ledger.store import LedgerStore
 
 FORMAT = "koinon-ledger/v1"
@@ -41,6 +42,7 @@ class TotalOrder:
     leaves: list[bytes]  # RFC 9162 leaf hashes of ``final``
     cut: Event | None  # the last final cut (its body has root/size of ``leaves``); None before the first
     pending: list[Event]  # every other stored event, in canonical causal order
+    final_cut_ids: set[bytes]  # ids of the final cuts
 
     def position(self) -> dict[bytes, int]:
         """{event id: index in the total order} of the final events."""
@@ -60,13 +62,15 @@ def total_order(store: LedgerStore) -> TotalOrder:
     """The final log of ``store`` (mirrors ``LedgerNode.final_log``, which needs an identity) and the rest."""
     chain, events = load_chain(store)
     final = chain.final_cuts()
-    ids, leaves = chain.order_through(final[-1].id if final else GENESIS)
+    ids = chain.order_through(final[-1].id if final else GENESIS)
     by_id = {e.id: e for e in events}
     # a running peer may store events while we read: the chain reads the store live, so fetch any newcomer
     ordered = [by_id[i] if i in by_id else store.get(i) for i in ids]
+    leaves = [leaf_hash(e.wire) for e in ordered]
     final_ids = set(ids)
     pending = canonical_order([e for e in events if e.id not in final_ids], final_ids)
-    return TotalOrder(chain, ordered, leaves, final[-1].event if final else None, pending)
+    cut = final[-1].event if final else None
+    return TotalOrder(chain, ordered, leaves, cut, pending, {c.id for c in final})
 
 
 def export_wires(store: LedgerStore) -> list[bytes]:
@@ -154,7 +158,6 @@ def iter_store_wires(path: Path | str) -> Iterator[tuple[int, bytes, bytes]]:
             cursor = db.execute("SELECT rowid, id, wire FROM events ORDER BY rowid")
         except sqlite3.Error as e:
             raise AuditFailure(f"{path} is not a Koinon ledger: {e}") from None
-        for rowid, event_id, wire in cursor:
-            yield rowid, event_id, wire
+        yield from cursor
     finally:
         db.close()

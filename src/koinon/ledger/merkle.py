@@ -291,3 +291,36 @@ class ConsistencyProof(_ProofFile):
 
     def verify(self) -> None:
         verify_consistency(self.old_size, self.new_size, self.old_root, self.new_root, self.path)
+
+
+# --- compact ranges -------------------------------------------------------------------------------------------
+# A log's *compact range* is the list of (size, root) of the perfect subtrees it splits into, largest first.
+# Appending leaves to it costs O(new leaves + log n), and folding it from the right gives the RFC 9162 root, so a
+# cut's root can be computed from its parent's range without rehashing the whole log.
+
+CompactRange = list[tuple[int, bytes]]
+
+
+def extend_range(compact: CompactRange, leaf_hashes: Sequence[bytes]) -> CompactRange:
+    """The compact range after appending ``leaf_hashes`` (leaf HASHES, as from :func:`leaf_hash`)."""
+    out = list(compact)
+    for leaf in leaf_hashes:
+        out.append((1, leaf))
+        while len(out) > 1 and out[-1][0] == out[-2][0]:
+            (n, left), (_, right) = out[-2], out[-1]
+            out[-2:] = [(2 * n, _node(left, right))]
+    return out
+
+
+def range_root(compact: CompactRange) -> bytes:
+    """MTH of the log whose compact range this is: the subtrees folded from the right (RFC 9162 §2.1.1)."""
+    if not compact:
+        return EMPTY_ROOT
+    result = compact[-1][1]
+    for _, subtree in reversed(compact[:-1]):
+        result = _node(subtree, result)
+    return result
+
+
+def range_size(compact: CompactRange) -> int:
+    return sum(n for n, _ in compact)

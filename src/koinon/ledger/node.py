@@ -27,7 +27,7 @@ from koinon.identity import Identity
 from koinon.ledger import cbor
 from koinon.ledger.cuts import GENESIS, Chain, leader
 from koinon.ledger.event import Event
-from koinon.ledger.merkle import root
+from koinon.ledger.merkle import leaf_hash
 from koinon.ledger.store import LedgerStore
 
 logger = logging.getLogger("koinon.ledger")
@@ -306,7 +306,7 @@ class LedgerNode:
         banned = self.store.banned()
         frontier = {a: h for a, h in self.store.heads().items() if a not in banned}
         try:
-            _, leaves = self.chain.order_after(parent, frontier)
+            log_root, size = self.chain.log_after(parent, frontier)
         except (KeyError, ValueError) as e:
             logger.debug("cannot propose on %s yet: %s", parent.hex()[:8], e)
             return
@@ -316,8 +316,8 @@ class LedgerNode:
             "epoch": epoch,
             "frontier": {a: [s, h] for a, (s, h) in frontier.items()},
             "prev": None if parent == GENESIS else parent,
-            "root": root(leaves),
-            "size": len(leaves),
+            "root": log_root,
+            "size": size,
             "theta": theta,
         }
         self._proposed_epochs.add(epoch)
@@ -335,7 +335,7 @@ class LedgerNode:
             ):
                 continue
             try:
-                self.check_cut(cut.event)
+                self.chain.check_cut(cut.event)
             except (KeyError, ValueError) as e:
                 logger.debug("not cosigning %s: %s", cut.event.short(), e)
                 continue
@@ -343,24 +343,8 @@ class LedgerNode:
             self.append_own("cosign", {"epoch": epoch, "cut": cut.id})
             return
 
-    def check_cut(self, cut: Event) -> None:
-        """Recompute a proposal's log root and size; KeyError if events are missing, ValueError if wrong."""
-        parent = cut.body["prev"] or GENESIS
-        expected_index = 0 if parent == GENESIS else self.chain.cuts[parent].height
-        if cut.body["index"] != expected_index:
-            raise ValueError(f"index {cut.body['index']} should be {expected_index}")
-        _, leaves = self.chain.order_after(
-            parent, {a: (int(v[0]), bytes(v[1])) for a, v in cut.body["frontier"].items()}
-        )
-        if cut.body["size"] != len(leaves) or cut.body["root"] != root(leaves):
-            raise ValueError("log root or size does not match the events the cut covers")
-
     # --- reading -----------------------------------------------------------------------------------------------
     def final_log(self) -> tuple[list[bytes], list[bytes], Event | None]:
         """(event ids, leaf hashes, last final cut) of the total order."""
-        final = self.chain.final_cuts()
-        if not final:
-            ids, leaves = self.chain.order_through(GENESIS)
-            return ids, leaves, None
-        ids, leaves = self.chain.order_through(final[-1].id)
-        return ids, leaves, final[-1].event
+        ids, _, _, cut = self.chain.final_log()
+        return ids, [leaf_hash(e.wire) for e in map(self.store.get, ids)], cut

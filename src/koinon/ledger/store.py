@@ -46,6 +46,24 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 """
 
 
+def check_equivocation_proof(a: bytes, b: bytes, swarm: bytes | None) -> Event:
+    """Raise InvalidEvent unless ``a`` and ``b`` are two different, validly signed events of one author with the
+    same seq (in ``swarm`` when given); return one of them."""
+    try:
+        if not isinstance(a, bytes) or not isinstance(b, bytes):
+            raise InvalidEvent("it is not two encoded events")
+        ea, eb = Event.from_wire(a), Event.from_wire(b)
+        verify_signature_of(ea)
+        verify_signature_of(eb)
+        if ea.author != eb.author or ea.seq != eb.seq or ea.id == eb.id or ea.swarm != eb.swarm:
+            raise InvalidEvent("not an equivocation: the events differ in author, seq or swarm, or are equal")
+        if swarm is not None and ea.swarm != swarm:
+            raise InvalidEvent("it is about another swarm")
+    except InvalidEvent as e:
+        raise InvalidEvent(f"equivocation proof does not hold: {e}") from None
+    return ea
+
+
 class LedgerStore:
     """Verified events of one swarm. Thread-safe (one connection, one lock)."""
 
@@ -73,13 +91,14 @@ class LedgerStore:
             self._db.close()
 
     # --- appending -------------------------------------------------------------------------------------------
-    def append(self, event: Event) -> bool:
+    def append(self, event: Event, *, verify_signatures: bool = True) -> bool:
         """Verify and store ``event``. Returns False if it is already stored; raises InvalidEvent (with the
-        reason) or Equivocation otherwise."""
+        reason) or Equivocation otherwise. ``verify_signatures=False`` is for a caller that has verified every
+        signature itself (the audit does it on all cores first)."""
         with self._lock:
             if self.has(event.id):
                 return False
-            self._check(event)
+            self._check(event, verify_signatures)
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.execute(
@@ -102,7 +121,7 @@ class LedgerStore:
         self.append(event)
         return event
 
-    def _check(self, e: Event) -> None:
+    def _check(self, e: Event, verify_signatures: bool = True) -> None:
         if self.swarm_id is None:
             if e.kind != "charter":
                 raise InvalidEvent(f"{e.short()}: no charter yet; the genesis event must come first")
@@ -112,8 +131,12 @@ class LedgerStore:
             raise InvalidEvent(f"{e.short()}: belongs to another swarm ({e.swarm.hex()[:12]})")
         if e.author in self._banned:
             raise InvalidEvent(f"{e.short()}: author is banned for equivocation")
-        verify_signature_of(e)
+        if verify_signatures:
+            verify_signature_of(e)
         check_body(e.kind, e.body)
+        if e.kind == "equivocation":
+            # a false "proof" would exclude an honest member from the cosigners (or break every peer's chain)
+            check_equivocation_proof(e.body["a"], e.body["b"], self.swarm_id)
         if e.time > self.clock() * 1000 + MAX_FUTURE_MS:
             raise InvalidEvent(f"{e.short()}: time is more than 5 minutes in the future")
         existing = self._db.execute(
@@ -140,11 +163,7 @@ class LedgerStore:
     def record_equivocation_proof(self, a: bytes, b: bytes) -> str:
         """Check a proof received from a peer (two validly signed, different events, same author and seq) and
         ban its author. Returns the author; raises InvalidEvent if the proof does not hold."""
-        ea, eb = Event.from_wire(a), Event.from_wire(b)
-        verify_signature_of(ea)
-        verify_signature_of(eb)
-        if ea.author != eb.author or ea.seq != eb.seq or ea.id == eb.id or ea.swarm != eb.swarm:
-            raise InvalidEvent("not an equivocation: the events differ in author, seq or swarm, or are equal")
+        ea = check_equivocation_proof(a, b, self.swarm_id)
         with self._lock:
             a, b = sorted([a, b])
             self._db.execute("INSERT OR IGNORE INTO banned (author, a, b) VALUES (?, ?, ?)", (ea.author, a, b))
@@ -199,7 +218,7 @@ class LedgerStore:
             query += " AND author = ?"
             args.append(author)
         with self._lock:
-            rows = self._db.execute(query + " ORDER BY received, author, seq", args).fetchall()
+            rows = self._db.execute(query + " ORDER BY rowid", args).fetchall()  # insertion order: replayable
         for (w,) in rows:
             yield Event.from_wire(w)
 

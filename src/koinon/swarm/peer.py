@@ -332,7 +332,38 @@ class Peer:
                 break
             self.run_round(contribute=not late)
             late = False
+        if not self.stop_event.is_set():
+            self._settle()
         self.save_checkpoint()
+
+    def _settle(self, timeout: float = 30.0) -> None:
+        """Before a planned stop (``--rounds``, ``STOP_AFTER``): the last round has no next all-gather to reveal a
+        split, so compare our θ with what the other peers announced for the same round and adopt the majority's."""
+        deadline = time.monotonic() + min(timeout, 3 * self.config.inner_steps * self.step_time + 5)
+        votes: dict[str, list[str]] = {}
+        while time.monotonic() < deadline:
+            peers = {m: v for m, v in self.live_peers().items() if m != self.member}
+            busy = [
+                v
+                for v in peers.values()
+                if int(v.get("done", -1)) < self.round and int(v.get("round", -1)) >= self.round
+            ]
+            votes = {}
+            for m, v in peers.items():
+                if int(v.get("done", -1)) == self.round and v.get("theta"):
+                    votes.setdefault(str(v["theta"]), []).append(m)
+            if not busy:
+                break
+            time.sleep(0.5)
+        mine = theta_hash(self.theta)
+        votes.setdefault(mine, []).append(self.member)
+        best = min(votes, key=lambda t: (-len(votes[t]), t))
+        if best != mine:
+            logger.info("round %d: the other peers ended with another θ; adopting theirs", self.round)
+            for donor in votes[best]:
+                if self._adopt_state(donor, min_round=self.round, timeout=10.0):
+                    self._log(event="settled", round=self.round, theta=theta_hash(self.theta))
+                    break
 
     def _stop_after(self) -> int | None:
         """A round number written to ``$HOME/STOP_AFTER`` (by ``koinon demo``) ends the run after that round."""

@@ -37,6 +37,7 @@ from koinon.ledger.p2p import LedgerService
 from koinon.ledger.store import LedgerStore
 from koinon.store.checkpoint import save_checkpoint
 from koinon.swarm import node
+from koinon.swarm.announce import Announcer
 from koinon.swarm.averaging import ExactAverager
 from koinon.swarm.compression import get_compression, roundtrip
 from koinon.training.data import Corpus
@@ -46,7 +47,6 @@ from koinon.training.model import build_model, flat_parameters, theta_hash
 logger = logging.getLogger("koinon.peer")
 
 ATTACKS = ("nan",)  # testing tools (documented in docs/training.md); issue 5 adds the Byzantine ones
-ANNOUNCE_TTL = 20.0
 
 
 @dataclass
@@ -98,7 +98,7 @@ class Peer:
         self.dht = None
         self.averager = None
         self._lock = threading.Lock()
-        self._announcement: dict = {}
+        self.announcer: Announcer | None = None
         self.metrics_path = self.home / "metrics.jsonl"
         (self.home / "STOP_AFTER").unlink(missing_ok=True)  # left over from an earlier demo run
 
@@ -149,7 +149,7 @@ class Peer:
             declare_state_period=5.0,
         )
         self.averager.set_state_provider(self._serve_state)
-        threading.Thread(target=self._announce_loop, daemon=True, name="koinon-announce").start()
+        self.announcer = Announcer(self.dht, o.swarm, self.member)
         if not o.initial_peers and self.ledger.store.swarm_id is None:
             self.ledger.found(
                 o.swarm,
@@ -206,6 +206,8 @@ class Peer:
 
     def close(self) -> None:
         self.stop_event.set()
+        if self.announcer is not None:
+            self.announcer.stop()
         if self.ledger_service is not None:
             if self.ledger.store.swarm_id is not None:
                 self._record("leave", {"reason": "clean exit"})
@@ -216,45 +218,11 @@ class Peer:
 
     # --- DHT announcements -------------------------------------------------------------------------------------
     def _announce(self, **info: object) -> None:
-        with self._lock:
-            self._announcement.update(info, member=self.member)
-        self._store_announcement()
-
-    def _store_announcement(self) -> None:
-        from hivemind.utils import get_dht_time
-
-        with self._lock:
-            value = dict(self._announcement)
-        if self.dht is not None and value:
-            try:
-                self.dht.store(
-                    f"{self.options.swarm}_peers",
-                    value,
-                    get_dht_time() + ANNOUNCE_TTL,
-                    subkey=self.member,
-                    return_future=True,
-                )
-            except Exception as e:  # the next announcement retries
-                logger.debug("announce failed: %r", e)
-
-    def _announce_loop(self) -> None:
-        while not self.stop_event.wait(ANNOUNCE_TTL / 4):
-            self._store_announcement()
+        if self.announcer is not None:
+            self.announcer.announce(**info)
 
     def live_peers(self) -> dict[str, dict]:
-        """Announcements of live peers (this one included), by member id. Malformed records are ignored."""
-        try:
-            found = self.dht.get(f"{self.options.swarm}_peers", latest=True)
-        except Exception:
-            return {}
-        out: dict[str, dict] = {}
-        if found is None or not isinstance(found.value, dict):
-            return out
-        for subkey, item in found.value.items():
-            value = getattr(item, "value", None)
-            if isinstance(value, dict) and isinstance(value.get("round"), int) and value.get("member") == subkey:
-                out[str(subkey)] = value
-        return out
+        return self.announcer.live_peers() if self.announcer is not None else {}
 
     # --- state sharing -----------------------------------------------------------------------------------------
     def _serve_state(self) -> tuple[dict, list[torch.Tensor]]:

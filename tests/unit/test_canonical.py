@@ -78,4 +78,3 @@ def test_result_does_not_depend_on_insertion_order(seed: int):
     top_round = max(r for _, r in top)
     expected = min(h for h, r in top if r == top_round)
     assert results == {(expected, top_round)}
-

@@ -46,8 +46,15 @@ def test_bad_values_raise_config_error_naming_the_field(field: str, value: objec
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("seq_len", 1), ("outer_lr", 2.0), ("outer_momentum", 0.0), ("inner_warmup", 0), ("compression", "int8"),
-     ("model_size", "base"), ("inner_weight_decay", 0.0)],
+    [
+        ("seq_len", 1),
+        ("outer_lr", 2.0),
+        ("outer_momentum", 0.0),
+        ("inner_warmup", 0),
+        ("compression", "int8"),
+        ("model_size", "base"),
+        ("inner_weight_decay", 0.0),
+    ],
 )
 def test_boundary_values_are_accepted(field: str, value: object):
     assert getattr(TrainingConfig(**{field: value}), field) == value
@@ -85,9 +92,19 @@ def test_config_hash_pins_the_default_configuration():
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("model_size", "small"), ("seq_len", 64), ("batch_size", 4), ("inner_steps", 10), ("inner_lr", 2e-3),
-     ("inner_warmup", 0), ("inner_weight_decay", 0.0), ("outer_lr", 0.5), ("outer_momentum", 0.8),
-     ("compression", "int8"), ("seed", 1)],
+    [
+        ("model_size", "small"),
+        ("seq_len", 64),
+        ("batch_size", 4),
+        ("inner_steps", 10),
+        ("inner_lr", 2e-3),
+        ("inner_warmup", 0),
+        ("inner_weight_decay", 0.0),
+        ("outer_lr", 0.5),
+        ("outer_momentum", 0.8),
+        ("compression", "int8"),
+        ("seed", 1),
+    ],
 )
 def test_config_hash_changes_when_any_field_changes(field: str, value: object):
     base = TrainingConfig()
@@ -97,6 +114,17 @@ def test_config_hash_changes_when_any_field_changes(field: str, value: object):
 
 
 def test_every_field_is_covered_by_the_hash_test():
-    covered = {"model_size", "seq_len", "batch_size", "inner_steps", "inner_lr", "inner_warmup",
-               "inner_weight_decay", "outer_lr", "outer_momentum", "compression", "seed"}
+    covered = {
+        "model_size",
+        "seq_len",
+        "batch_size",
+        "inner_steps",
+        "inner_lr",
+        "inner_warmup",
+        "inner_weight_decay",
+        "outer_lr",
+        "outer_momentum",
+        "compression",
+        "seed",
+    }
     assert {f.name for f in dataclasses.fields(TrainingConfig)} == covered

@@ -148,8 +148,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     try:
         if args.file is not None:
-            swarm, wires = load_export(args.file)
-            report = audit(wires, expected_swarm=swarm)
+            swarm, wires, quarantine = load_export(args.file)
+            report = audit(wires, expected_swarm=swarm, quarantine=quarantine)
         else:
             report = audit_store_file(_ledger_path(args.home))
     except AuditFailure as e:

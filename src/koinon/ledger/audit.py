@@ -38,7 +38,7 @@ from koinon.errors import AuditFailure, Equivocation, InvalidEvent
 from koinon.ledger import cbor
 from koinon.ledger.cuts import GENESIS, Chain, leader
 from koinon.ledger.event import Event, verify_signature_of
-from koinon.ledger.export import iter_store_wires
+from koinon.ledger.export import iter_store_wires, store_quarantine
 from koinon.ledger.store import LedgerStore, check_equivocation_proof
 
 DAY_MS = 86_400_000
@@ -238,6 +238,20 @@ def _members(chain: Chain, cut_id: bytes) -> frozenset[str] | None:
         return None
 
 
+def _seed_quarantine(store: LedgerStore, wires: Sequence[bytes]) -> set[str]:
+    """Let honest events cite an equivocator's events (kept out of the ledger) as parents; return their authors."""
+    authors = set()
+    for index, wire in enumerate(wires):
+        try:
+            e = Event.from_wire(bytes(wire))
+            verify_signature_of(e)
+        except (InvalidEvent, TypeError) as error:
+            raise AuditFailure(f"quarantined event #{index + 1}: {error}") from None
+        store._db.execute("INSERT OR IGNORE INTO quarantine (id, wire) VALUES (?, ?)", (e.id, e.wire))
+        authors.add(e.author)
+    return authors
+
+
 def audit_store_file(path) -> AuditReport:
     """Audit a peer's ``ledger.sqlite`` row by row (insertion order), checking each stored id against its event."""
     rows = list(iter_store_wires(path))
@@ -245,6 +259,7 @@ def audit_store_file(path) -> AuditReport:
         [wire for _, _, wire in rows],
         source_names=[f"row {rowid}" for rowid, _, _ in rows],
         claimed_ids=[event_id for _, event_id, _ in rows],
+        quarantine=store_quarantine(path),
     )
 
 
@@ -255,6 +270,7 @@ def audit(
     expected_swarm: bytes | None = None,
     claimed_ids: Sequence[bytes] | None = None,
     workers: int | None = None,
+    quarantine: Sequence[bytes] = (),
 ) -> AuditReport:
     """Replay ``wires`` from genesis and verify everything (see the module docstring).
 
@@ -294,6 +310,7 @@ def audit(
     # 2. replay through the store's own checks
     newest = max((e.time for e in events), default=0)
     store = _ReplayStore(clock=lambda: (newest + DAY_MS) / 1000)
+    quarantined = _seed_quarantine(store, quarantine)
     append = store.append if signature_ok is None else (lambda e: store.append(e, verify_signatures=False))
     chain = Chain(store)
     position: dict[bytes, int] = {}
@@ -370,6 +387,10 @@ def audit(
     if problems:
         index, reason = min(problems)
         raise name.failure(index, reason)
+
+    unproven = sorted(quarantined - set(equivocators) - set(store.banned()))
+    if unproven:
+        raise AuditFailure(f"the quarantine holds events of …{unproven[0][-8:]}, who is not a proven equivocator")
 
     # 4. the final log and its root
     final = chain.final_cuts()

@@ -18,8 +18,9 @@ AFT 2020), where a *block* is a cut:
 
 The **total order** is the concatenation, over final cuts from the first, of the events a cut's frontier adds to
 its parent's, each batch in canonical causal order (Kahn's algorithm, smallest event id first among the ready).
-The eligible weight for a cut: one per member of the state at the last final cut of its own ancestry (founders,
-plus ``join``s, minus ``leave``s and banned authors), so every peer computes it from the chain alone.
+The eligible weight for a cut: one per member given what its *parent* cut covers (founders, plus ``join``s, minus
+``leave``s and proven equivocators), so every peer computes it from the chain alone (docs/ledger.md §5 discusses
+what this means for Streamlet's fixed-membership proof).
 """
 
 from __future__ import annotations
@@ -221,7 +222,7 @@ class Chain:
     def _compute_final(self) -> list[CutInfo]:
         best: list[CutInfo] = []
         leaves = {c.id for c in self.cuts.values()} - {c.parent for c in self.cuts.values()}
-        for tip in leaves:
+        for tip in sorted(leaves):
             # walk down to the longest notarized prefix of this branch
             chain = self.ancestry(tip)
             while chain and not self.chain_notarized(chain[-1].id):
@@ -232,6 +233,13 @@ class Chain:
         return best
 
     # --- the log through a cut ----------------------------------------------------------------------------------
+    def frontier(self, cut_id: bytes) -> dict[str, tuple[int, bytes]]:
+        """{author: (seq, head id)} of a cut (GENESIS: the charter)."""
+        if cut_id == GENESIS:
+            charter = self.store.charter()
+            return {charter.author: (1, charter.id)} if charter else {}
+        return frontier_of(self.cuts[cut_id].event)
+
     def covered(self, cut_id: bytes) -> dict[str, int]:
         """{author: seq} covered by a cut (GENESIS covers the charter alone)."""
         if cut_id == GENESIS:
@@ -295,6 +303,8 @@ class Chain:
 
     def final_log(self) -> tuple[list[bytes], bytes, int, Event | None]:
         """(event ids of the total order, its root, its size, the last final cut or None)."""
+        if self.store.charter() is None:
+            return [], range_root([]), 0, None
         final = self.final_cuts()
         last = final[-1].id if final else GENESIS
         compact = self._log(last)
@@ -318,7 +328,7 @@ class Chain:
         inside = {e.id for e in out}
         for e in out:
             for p in e.parents:
-                if p not in inside:
+                if p not in inside and not self.store.is_quarantined(p):  # an equivocator's event: never in a cut
                     parent = self.store.get(p)
                     if parent is None or covered.get(parent.author, 0) < parent.seq:
                         raise ValueError(f"cut {cut.short()} is not causally closed at {e.short()}")

@@ -7,10 +7,12 @@ An event is the canonical CBOR map (``ledger/cbor.py``)::
 
 - ``signing_bytes`` = ``b"koinon/event/v1\\x00"`` ‖ canonical CBOR of the map *without* ``sig``;
   ``sig`` is the author's Ed25519 signature of those bytes; the author is a member id (``identity``).
-- ``id`` = SHA-256(signing_bytes). ``prev`` is the id of the author's event ``seq − 1`` (null for seq 1);
-  ``parents`` are ids of other authors' events the author had seen (the causal DAG).
 - ``wire`` = canonical CBOR of the whole map, ``sig`` included: what is stored, replicated and exported, and
   what the transparency log hashes (leaf = SHA-256(0x00 ‖ wire)).
+- ``id`` = SHA-256(wire). Over the wire, not the signing bytes: an author can make several valid signatures of one
+  message, and each must be a different event (an equivocation), or one id would have several log leaves.
+  ``prev`` is the id of the author's event ``seq − 1`` (null for seq 1); ``parents`` are ids of other authors'
+  events the author had seen (the causal DAG).
 - The genesis event (kind ``charter``) has ``swarm = b""``; its id is the swarm id, and every other event of the
   swarm carries it.
 """
@@ -28,6 +30,7 @@ from koinon.ledger import cbor
 DOMAIN = b"koinon/event/v1\x00"
 MAX_EVENT_BYTES = 1 << 20  # 1 MiB, encoded
 MAX_PARENTS = 64
+MAX_INT = 1 << 63  # integers that SQLite stores (seq, time)
 MAX_FUTURE_MS = 5 * 60 * 1000  # an event may claim a time at most 5 minutes ahead of the receiver's clock
 _FIELDS = {"swarm", "author", "seq", "prev", "parents", "kind", "body", "time", "sig"}
 
@@ -67,7 +70,7 @@ class Event:
     @property
     def id(self) -> bytes:
         if "id" not in self._cache:
-            self._cache["id"] = hashlib.sha256(self.signing_bytes).digest()
+            self._cache["id"] = hashlib.sha256(self.wire).digest()
         return self._cache["id"]
 
     @property
@@ -124,13 +127,15 @@ class Event:
             time=raw["time"],
             sig=raw["sig"],
         )
-        check_structure(event)
         event._cache["wire"] = bytes(data)
+        check_structure(event)
         return event
 
 
 def check_structure(e: Event) -> None:
     """Field types and sizes; raises InvalidEvent naming the field."""
+    if len(e.wire) > MAX_EVENT_BYTES:
+        raise InvalidEvent(f"event of {len(e.wire)} bytes exceeds the {MAX_EVENT_BYTES}-byte cap")
     if not isinstance(e.swarm, bytes) or len(e.swarm) not in (0, 32):
         raise InvalidEvent("swarm must be 32 bytes (empty only in the charter)")
     if not isinstance(e.author, str):
@@ -139,8 +144,8 @@ def check_structure(e: Event) -> None:
         public_key_from_member_id(e.author)
     except Exception:
         raise InvalidEvent(f"author {e.author!r} is not a member id") from None
-    if not isinstance(e.seq, int) or isinstance(e.seq, bool) or e.seq < 1:
-        raise InvalidEvent("seq must be an integer ≥ 1")
+    if not isinstance(e.seq, int) or isinstance(e.seq, bool) or not 1 <= e.seq < MAX_INT:
+        raise InvalidEvent("seq must be an integer in [1, 2⁶³)")
     if e.seq == 1 and e.prev is not None:
         raise InvalidEvent("the first event of a feed has prev = null")
     if e.seq > 1 and (not isinstance(e.prev, bytes) or len(e.prev) != 32):
@@ -153,7 +158,7 @@ def check_structure(e: Event) -> None:
         raise InvalidEvent("kind must be a short text")
     if not isinstance(e.body, dict):
         raise InvalidEvent("body must be a map")
-    if not isinstance(e.time, int) or isinstance(e.time, bool) or e.time < 0:
+    if not isinstance(e.time, int) or isinstance(e.time, bool) or not 0 <= e.time < MAX_INT:
         raise InvalidEvent("time must be milliseconds since the Unix epoch")
     if not isinstance(e.sig, bytes) or len(e.sig) != 64:
         raise InvalidEvent("sig must be a 64-byte Ed25519 signature")

@@ -83,7 +83,11 @@ def export_ledger(store: LedgerStore, path: Path | str) -> int:
     """Write the export file atomically (temporary file, fsync, rename, fsync of the folder); returns the number of
     events written. A crash leaves either the old file or the new one, never half of one."""
     wires = export_wires(store)
-    data = cbor.encode({"format": FORMAT, "swarm": store.swarm_id or b"", "events": wires})
+    obj = {"format": FORMAT, "swarm": store.swarm_id or b"", "events": wires}
+    quarantined = store.quarantined_wires()
+    if quarantined:  # an equivocator's events that honest events cite as parents (docs/ledger.md §4)
+        obj["quarantine"] = quarantined
+    data = cbor.encode(obj)
     write_atomically(Path(path), data)
     return len(wires)
 
@@ -115,8 +119,8 @@ def write_atomically(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
-def load_export(path: Path | str) -> tuple[bytes, list[bytes]]:
-    """(swarm id, event wires) of an export file; AuditFailure if it cannot be read or is not an export."""
+def load_export(path: Path | str) -> tuple[bytes, list[bytes], list[bytes]]:
+    """(swarm id, event wires, quarantined wires) of an export file; AuditFailure if it is not an export."""
     try:
         data = Path(path).read_bytes()
     except OSError as e:
@@ -125,7 +129,12 @@ def load_export(path: Path | str) -> tuple[bytes, list[bytes]]:
         obj = cbor.decode(data)
     except cbor.NonCanonical as e:
         raise AuditFailure(f"export file {path} is not canonical CBOR: {e}") from None
-    if not isinstance(obj, dict) or set(obj) != {"format", "swarm", "events"}:
+    if not isinstance(obj, dict) or not {"format", "swarm", "events"} <= set(obj) <= {
+        "format",
+        "swarm",
+        "events",
+        "quarantine",
+    }:
         raise AuditFailure(f"export file {path} is not a Koinon ledger export (a map of format, swarm, events)")
     if obj["format"] != FORMAT:
         raise AuditFailure(f"export file {path} has format {obj['format']!r}; this version reads {FORMAT!r}")
@@ -137,7 +146,21 @@ def load_export(path: Path | str) -> tuple[bytes, list[bytes]]:
     for index, wire in enumerate(events):
         if not isinstance(wire, bytes):
             raise AuditFailure(f"export file {path}: event #{index + 1} is not a byte string")
-    return swarm, events
+    quarantine = obj.get("quarantine", [])
+    if not isinstance(quarantine, list) or not all(isinstance(w, bytes) for w in quarantine):
+        raise AuditFailure(f"export file {path}: quarantine is not an array of byte strings")
+    return swarm, events, quarantine
+
+
+def store_quarantine(path: Path | str) -> list[bytes]:
+    """The quarantined wires of a peer's ledger.sqlite (an equivocator's events, kept for parent resolution)."""
+    db = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
+    try:
+        return [w for (w,) in db.execute("SELECT wire FROM quarantine ORDER BY id")]
+    except sqlite3.Error:
+        return []  # a ledger written before quarantine existed
+    finally:
+        db.close()
 
 
 def iter_store_wires(path: Path | str) -> Iterator[tuple[int, bytes, bytes]]:

@@ -18,7 +18,7 @@ Checker = Callable[[object], bool]
 
 
 def uint(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 64
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 63  # what SQLite can store
 
 
 def text(limit: int = 1024) -> Checker:

@@ -10,6 +10,8 @@ Replication protocol (docs/ledger.md §6), requests and responses in canonical C
 - ``{"op": "heads"}`` → ``{"swarm": id | b"", "heads": {author: [seq, id]}, "proofs": [[a, b], …]}``
 - ``{"op": "pull", "want": [[author, after_seq], …]}`` → ``{"events": [wire, …]}``, at most ``PULL_LIMIT`` events
   and ``PULL_BYTES`` bytes, each author's events in seq order.
+- ``{"op": "get", "ids": [id, …]}`` → ``{"events": [wire, …]}``: events by id, including an equivocator's events
+  that a peer keeps in quarantine (honest events written before the ban may cite them as parents).
 
 Bad input from a peer is rejected with a reason, counted per peer, never stored; a peer that sent more than
 ``MAX_REJECTS`` bad events in ``REJECT_WINDOW_MS`` is ignored until the window passes.
@@ -82,7 +84,8 @@ class LedgerNode:
                 raise InvalidEvent("no charter yet: found a swarm or sync with one first")
             heads = self.store.heads()
             seq, prev = heads.get(self.me, (0, None))
-            others = sorted(((s, i) for a, (s, i) in heads.items() if a != self.me), reverse=True)
+            banned = self.store.banned()
+            others = sorted(((s, i) for a, (s, i) in heads.items() if a != self.me and a not in banned), reverse=True)
             parents = [i for _, i in others[:MAX_PARENTS]]
             event = Event.create(
                 self.identity,
@@ -133,7 +136,7 @@ class LedgerNode:
                     and len(item) == 2
                     and isinstance(item[0], str)
                     and isinstance(item[1], int)
-                    and item[1] >= 0
+                    and 0 <= item[1] < 1 << 63
                 ):
                     return cbor.encode({"error": "pull needs want = [[author, after_seq], …]"})
                 for wire in self.store.wire_after(item[0], item[1], PULL_LIMIT - len(out)):
@@ -144,6 +147,12 @@ class LedgerNode:
                 if len(out) >= PULL_LIMIT or size >= PULL_BYTES:
                     break
             return cbor.encode({"events": out})
+        if op == "get":
+            ids = msg.get("ids")
+            if not (isinstance(ids, list) and all(isinstance(i, bytes) and len(i) == 32 for i in ids)):
+                return cbor.encode({"error": "get needs ids = [32-byte event id, …]"})
+            wires = [w for i in ids[:PULL_LIMIT] if (w := self.store.wire_of(i)) is not None]
+            return cbor.encode({"events": wires})
         return cbor.encode({"error": f"unknown op {op!r}"})
 
     # --- pulling -----------------------------------------------------------------------------------------------
@@ -156,7 +165,7 @@ class LedgerNode:
 
     def _reject(self, remote: str, reason: str) -> None:
         self.rejects[remote].append(self.clock_ms())
-        key = reason.split(":")[-1].strip()[:80]
+        key = reason.split(": ", 1)[-1].strip()[:80]  # "a#2:join: bad signature" → "bad signature"
         self.reject_reasons[remote][key] += 1
         logger.info("rejected input from %s: %s", remote[-8:], reason)
 
@@ -181,6 +190,24 @@ class LedgerNode:
         added = 0
         if self.store.swarm_id is None:
             added += self._pull(remote, call, [[a, 0] for a in reply["heads"]], genesis_only=True)
+        # a head we hold under another id is the other half of an equivocation: fetch it to get the proof
+        banned = self.store.banned()
+        conflicts = []
+        for author, head in reply["heads"].items():
+            if (
+                isinstance(author, str)
+                and author not in banned
+                and isinstance(head, list)
+                and len(head) == 2
+                and isinstance(head[0], int)
+                and 1 <= head[0] < 1 << 63
+                and isinstance(head[1], bytes)
+            ):
+                mine_id = self.store.id_at(author, head[0])
+                if mine_id is not None and mine_id != head[1]:
+                    conflicts.append([author, head[0] - 1])
+        if conflicts:
+            self._pull(remote, call, conflicts)
         for _ in range(rounds):
             mine = self.store.heads()
             want = []
@@ -226,7 +253,7 @@ class LedgerNode:
             elif not genesis_only or event.kind == "charter":
                 pending.append(event)
         added = 0
-        progress = True
+        progress, fetched_parents = True, False
         while pending and progress:  # events may arrive before their parents from other authors
             progress, retry = False, []
             for event in pending:
@@ -239,20 +266,40 @@ class LedgerNode:
                         self._publish_equivocation(*e.proof)
                         progress = True
                     except InvalidEvent as e:
-                        if "unknown parent" in str(e) or "seq gap" in str(e):
+                        if any(x in str(e) for x in ("unknown parent", "seq gap", "in the future")):
+                            # not the sender's fault: its parents may come later in this batch, or our clock lags
                             retry.append(event)
                         else:
                             self._reject(remote, str(e))
             pending = retry
+            if pending and not progress and not fetched_parents:
+                # parents nobody sends in feeds: an equivocator's events, which peers keep only in quarantine
+                fetched_parents = True
+                missing = sorted({p for e in pending for p in e.parents if not self.store.has(p)})[:PULL_LIMIT]
+                for wire in self._get(remote, call, missing):
+                    try:
+                        self.store.quarantine(Event.from_wire(wire))
+                    except InvalidEvent as e:
+                        self._reject(remote, str(e))
+                progress = True
         return added
+
+    def _get(self, remote: str, call: Callable[[bytes], bytes], ids: list[bytes]) -> list[bytes]:
+        try:
+            reply = cbor.decode(call(cbor.encode({"op": "get", "ids": ids})))
+        except Exception as e:
+            logger.debug("get from %s failed: %r", remote[-8:], e)
+            return []
+        wires = reply.get("events") if isinstance(reply, dict) else None
+        return [w for w in wires[:PULL_LIMIT] if isinstance(w, bytes)] if isinstance(wires, list) else []
 
     def _take_proof(self, remote: str, proof: object) -> None:
         if not (isinstance(proof, list) and len(proof) == 2 and all(isinstance(x, bytes) for x in proof)):
             self._reject(remote, "malformed equivocation proof")
             return
-        if proof[0] and Event.from_wire(proof[0]).author in self.store.banned():
-            return
         try:
+            if Event.from_wire(proof[0]).author in self.store.banned():
+                return
             self.store.record_equivocation_proof(proof[0], proof[1])
         except InvalidEvent as e:
             self._reject(remote, f"equivocation proof: {e}")
@@ -305,6 +352,9 @@ class LedgerNode:
             return
         banned = self.store.banned()
         frontier = {a: h for a, h in self.store.heads().items() if a not in banned}
+        # an equivocator's feed stays where the parent left it: it must not move backwards, nor forwards
+        parent_frontier = self.chain.frontier(parent)
+        frontier.update({a: parent_frontier[a] for a in banned if a in parent_frontier})
         try:
             log_root, size = self.chain.log_after(parent, frontier)
         except (KeyError, ValueError) as e:

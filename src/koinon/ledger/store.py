@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from koinon.errors import Equivocation, InvalidEvent
-from koinon.ledger.event import MAX_FUTURE_MS, Event, verify_signature_of
+from koinon.ledger.event import MAX_FUTURE_MS, Event, check_structure, verify_signature_of
 from koinon.ledger.kinds import check_body
 
 SCHEMA = """
@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_kind ON events (kind);
 CREATE TABLE IF NOT EXISTS banned (author TEXT PRIMARY KEY, a BLOB NOT NULL, b BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS quarantine (id BLOB PRIMARY KEY, wire BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 """
 
@@ -109,7 +110,8 @@ class LedgerStore:
                     self._db.execute("INSERT INTO meta (key, value) VALUES ('swarm', ?)", (event.id,))
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # a failed BEGIN (locked, disk full) has nothing to roll back
+                    self._db.execute("ROLLBACK")
                 raise
             self._heads[event.author] = (event.seq, event.id)
             if event.kind == "charter":
@@ -122,6 +124,10 @@ class LedgerStore:
         return event
 
     def _check(self, e: Event, verify_signatures: bool = True) -> None:
+        try:
+            check_structure(e)  # events built in memory skip Event.from_wire's checks
+        except (TypeError, ValueError) as error:
+            raise InvalidEvent(f"malformed event: {error}") from None
         if self.swarm_id is None:
             if e.kind != "charter":
                 raise InvalidEvent(f"{e.short()}: no charter yet; the genesis event must come first")
@@ -130,6 +136,7 @@ class LedgerStore:
         elif e.swarm != self.swarm_id:
             raise InvalidEvent(f"{e.short()}: belongs to another swarm ({e.swarm.hex()[:12]})")
         if e.author in self._banned:
+            self.quarantine(e)
             raise InvalidEvent(f"{e.short()}: author is banned for equivocation")
         if verify_signatures:
             verify_signature_of(e)
@@ -151,13 +158,14 @@ class LedgerStore:
         if e.seq > 1 and e.prev != head[1]:
             raise InvalidEvent(f"{e.short()}: prev does not link to the author's previous event")
         for parent in e.parents:
-            if not self.has(parent):
+            if not self.has(parent) and not self.is_quarantined(parent):
                 raise InvalidEvent(f"{e.short()}: unknown parent {parent.hex()[:12]}")
 
     def _record_equivocation(self, new: Event, old: Event) -> None:
         a, b = sorted([new.wire, old.wire])
         self._db.execute("INSERT OR IGNORE INTO banned (author, a, b) VALUES (?, ?, ?)", (new.author, a, b))
         self._banned.add(new.author)
+        self._quarantine_wires(a, b)
         raise Equivocation(f"{new.author[-8:]} signed two different events with seq {new.seq}: banned", a, b)
 
     def record_equivocation_proof(self, a: bytes, b: bytes) -> str:
@@ -168,9 +176,48 @@ class LedgerStore:
             a, b = sorted([a, b])
             self._db.execute("INSERT OR IGNORE INTO banned (author, a, b) VALUES (?, ?, ?)", (ea.author, a, b))
             self._banned.add(ea.author)
+            self._quarantine_wires(a, b)
         return ea.author
 
     # --- reading ---------------------------------------------------------------------------------------------
+    # --- quarantine: an equivocator's events, kept out of the ledger -----------------------------------------------
+    # Honest events written before the ban was known may cite an equivocator's events as parents, and a peer may
+    # hold either version. Validly signed events of banned authors are kept here only so that such parents resolve;
+    # they are never in the ledger, the log or a cut.
+    def quarantine(self, e: Event) -> bool:
+        """Keep a banned author's validly signed event for parent resolution. Returns True if it was kept."""
+        if e.author not in self._banned:
+            return False
+        try:
+            verify_signature_of(e)
+        except InvalidEvent:
+            return False
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO quarantine (id, wire) VALUES (?, ?)", (e.id, e.wire))
+        return True
+
+    def _quarantine_wires(self, *wires: bytes) -> None:
+        for wire in wires:
+            e = Event.from_wire(wire)
+            self._db.execute("INSERT OR IGNORE INTO quarantine (id, wire) VALUES (?, ?)", (e.id, e.wire))
+
+    def quarantined_wires(self) -> list[bytes]:
+        with self._lock:
+            return [w for (w,) in self._db.execute("SELECT wire FROM quarantine ORDER BY id")]
+
+    def is_quarantined(self, event_id: bytes) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM quarantine WHERE id = ?", (event_id,)).fetchone() is not None
+
+    def wire_of(self, event_id: bytes) -> bytes | None:
+        """The wire of a stored or quarantined event (for peers resolving a parent)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT wire FROM events WHERE id = ? UNION ALL SELECT wire FROM quarantine WHERE id = ?",
+                (event_id, event_id),
+            ).fetchone()
+        return row[0] if row else None
+
     def has(self, event_id: bytes) -> bool:
         with self._lock:
             return self._db.execute("SELECT 1 FROM events WHERE id = ?", (event_id,)).fetchone() is not None
@@ -182,6 +229,11 @@ class LedgerStore:
 
     def get_many(self, ids: list[bytes]) -> dict[bytes, Event]:
         return {i: e for i in ids if (e := self.get(i)) is not None}
+
+    def id_at(self, author: str, seq: int) -> bytes | None:
+        with self._lock:
+            row = self._db.execute("SELECT id FROM events WHERE author = ? AND seq = ?", (author, seq)).fetchone()
+        return row[0] if row else None
 
     def heads(self) -> dict[str, tuple[int, bytes]]:
         with self._lock:

@@ -7,8 +7,9 @@ un-averaged on some peers (shared/HIVEMIND.md, traps 2 and 3). ``ExactAllReduceR
 
 1. The reducer sends back the averaged part itself, encoded with the sender's compression; the reducer passes
    its own result through the same encode/decode, so all peers hold identical values for every part.
-2. A part that contains NaN/Inf, or fails to decode, is rejected: its sender is left out of that part's average
-   and of every later part, and the rejection is logged with the sender's peer id and counted.
+2. A part that contains NaN/Inf, has the wrong shape or an invalid weight is rejected: it counts with weight 0
+   (the exchange goes on, so the sender's all-reduce does not fail and split the round), and the rejection is
+   logged with the sender's peer id and counted. A part that does not even decode ends the sender's stream.
 3. ``ExactAverager`` copies results into the averaged tensors only when *every* part arrived; otherwise the
    attempt raises, hivemind retries matchmaking (without whoever died) within the step's deadline, and the
    local tensors are untouched in between.
@@ -55,10 +56,13 @@ class ExactAllReduceRunner(AllReduceRunner):
         with self.bytes_sent.get_lock():
             self.bytes_sent.value += nbytes
 
-    async def _reject(self, peer_id: PeerID, reason: str) -> None:
+    def _note_rejection(self, peer_id: PeerID, reason: str) -> None:
         logger.warning("rejected pseudo-gradient part from peer %s: %s", peer_id.to_base58(), reason)
         with self.rejected.get_lock():
             self.rejected.value += 1
+
+    async def _reject(self, peer_id: PeerID, reason: str) -> None:
+        self._note_rejection(peer_id, reason)
         await self._ban_sender(peer_id)
 
     async def _communicate_with_peer(self, peer_id: PeerID) -> None:
@@ -104,16 +108,21 @@ class ExactAllReduceRunner(AllReduceRunner):
             async for part, weight, compression, error in amap_in_executor(
                 decode, stream, max_prefetch=self.tensor_part_container.prefetch
             ):
-                expected = self.tensor_part_reducer.part_shapes[part_index]
-                if not error and part is not None and part.shape != expected:
-                    error = f"part {part_index} has shape {tuple(part.shape)}, expected {tuple(expected)}"
-                if not error and part is not None and not torch.isfinite(part).all():
-                    error = f"part {part_index} contains NaN or Inf"
-                if not error and not (weight >= 0 and weight < float("inf")):
-                    error = f"invalid weight {weight}"
-                if error:
+                if error:  # not even a tensor: the stream is garbage, stop listening to it
                     await self._reject(sender, error)
                     break
+                expected = self.tensor_part_reducer.part_shapes[part_index]
+                if part.shape != expected:
+                    error = f"part {part_index} has shape {tuple(part.shape)}, expected {tuple(expected)}"
+                elif not torch.isfinite(part).all():
+                    error = f"part {part_index} contains NaN or Inf"
+                elif not (weight >= 0 and weight < float("inf")):
+                    error = f"invalid weight {weight}"
+                if error:
+                    # left out of this part's average (weight 0) but the exchange goes on: banning the sender
+                    # would make its all-reduce fail and send it looking for another group, splitting the round
+                    self._note_rejection(sender, error)
+                    part, weight = torch.zeros(expected), 0.0
                 try:
                     averaged = await self.tensor_part_reducer.accumulate_part(
                         sender_index, part_index, part, weight=weight

@@ -298,6 +298,8 @@ class Peer:
                 break
             if self._stop_after() is not None and self.round >= self._stop_after():
                 break
+            if late:
+                self._catch_up()
             self.run_round(contribute=not late)
             late = False
         if not self.stop_event.is_set():
@@ -332,6 +334,14 @@ class Peer:
                 if self._adopt_state(donor, min_round=self.round, timeout=10.0):
                     self._log(event="settled", round=self.round, theta=theta_hash(self.theta))
                     break
+
+    def _catch_up(self, attempts: int = 3) -> None:
+        """A joiner's downloaded state may be a round old by the time it is ready: fetch again while others are
+        ahead, so that its first round is the one they are in."""
+        for _ in range(attempts):
+            ahead = max((int(v.get("done", 0)) for m, v in self.live_peers().items() if m != self.member), default=0)
+            if ahead <= self.round or not self._sync_from_best():
+                return
 
     def _stop_after(self) -> int | None:
         """A round number written to ``$HOME/STOP_AFTER`` (by ``koinon demo``) ends the run after that round."""
@@ -424,6 +434,8 @@ class Peer:
         behind = [v for v in others.values() if int(v.get("round", -1)) == r - 1]
         gather = dict(member=self.member, round=self.round, state=pre_state, samples=samples)
         if not same_round and not behind:
+            if samples == 0:
+                return None  # nothing of ours to apply alone (a late joiner's first round): catch up instead
             # alone in this round: the "average" is our own Δ as it would come back from the wire
             with self.averager.get_tensors() as (buffer,):
                 buffer.copy_(roundtrip(delta, get_compression(self.config.compression)))

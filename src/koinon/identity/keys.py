@@ -10,6 +10,7 @@ Member id: the libp2p peer id of the public key — base58btc of the identity mu
 from __future__ import annotations
 
 import base64
+import functools
 import os
 import tempfile
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ def member_id_from_public_key(public: bytes) -> str:
     return base58.b58encode(_IDENTITY_MULTIHASH + _PUBLIC_PREFIX + public).decode()
 
 
+@functools.lru_cache(maxsize=65536)  # base58 decoding dominated ledger replays; a swarm has few members
 def public_key_from_member_id(member_id: str) -> bytes:
     """Inverse of :func:`member_id_from_public_key`; raises IdentityError for anything else."""
     try:
@@ -52,9 +54,14 @@ def short_id(member_id: str) -> str:
     return member_id[-8:]
 
 
+@functools.lru_cache(maxsize=65536)
+def _public_key(member_id: str) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(public_key_from_member_id(member_id))
+
+
 def verify_signature(member_id: str, message: bytes, signature: bytes) -> None:
     """Raise IdentityError unless ``signature`` is ``member_id``'s Ed25519 signature of ``message``."""
-    public = Ed25519PublicKey.from_public_bytes(public_key_from_member_id(member_id))
+    public = _public_key(member_id)
     try:
         public.verify(signature, message)
     except InvalidSignature as e:

@@ -129,8 +129,7 @@ class LedgerNode:
             want = msg.get("want")
             if not isinstance(want, list):
                 return cbor.encode({"error": "pull needs want = [[author, after_seq], …]"})
-            out, size = [], 0
-            for item in want[:1024]:
+            for item in want:
                 if not (
                     isinstance(item, list)
                     and len(item) == 2
@@ -139,13 +138,16 @@ class LedgerNode:
                     and 0 <= item[1] < 1 << 63
                 ):
                     return cbor.encode({"error": "pull needs want = [[author, after_seq], …]"})
-                for wire in self.store.wire_after(item[0], item[1], PULL_LIMIT - len(out)):
-                    if size + len(wire) > PULL_BYTES and out:
-                        break
-                    out.append(wire)
-                    size += len(wire)
-                if len(out) >= PULL_LIMIT or size >= PULL_BYTES:
+            # In our insertion order, which is causal (we stored nothing before its parents): the receiver can
+            # store the batch front to back even when the feeds cite each other. Each author's next PULL_LIMIT
+            # events contain every one of the batch's first PULL_LIMIT, so merging them by rowid is exact.
+            rows = sorted(r for a, after in want[:1024] for r in self.store.rows_after(a, after, PULL_LIMIT))
+            out, size = [], 0
+            for _, wire in rows[:PULL_LIMIT]:
+                if size + len(wire) > PULL_BYTES and out:
                     break
+                out.append(wire)
+                size += len(wire)
             return cbor.encode({"events": out})
         if op == "get":
             ids = msg.get("ids")

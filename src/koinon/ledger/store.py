@@ -250,6 +250,14 @@ class LedgerStore:
             ).fetchall()
         return [Event.from_wire(w) for (w,) in rows]
 
+    def rows_after(self, author: str, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
+        """(rowid, wire) of an author's events after ``after_seq``; rowid order is the order we stored them in."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT rowid, wire FROM events WHERE author = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (author, after_seq, limit),
+            ).fetchall()
+
     def wire_after(self, author: str, after_seq: int, limit: int) -> list[bytes]:
         with self._lock:
             rows = self._db.execute(

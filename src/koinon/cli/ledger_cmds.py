@@ -26,6 +26,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
+from koinon.cli.common import add_command, default_home
 from koinon.errors import AuditFailure, ConfigError, InvalidEvent, InvalidProof, KoinonError, LedgerError
 
 PROOF_FORMAT = "koinon-proof/v1"
@@ -61,22 +62,11 @@ EPILOG = {
 
 
 def _add(sub, name: str, help_text: str) -> argparse.ArgumentParser:
-    sp = sub.add_parser(
-        name,
-        help=help_text,
-        description=help_text,
-        epilog=EPILOG.get(name),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sp.add_argument(
-        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="show detailed logs and tracebacks"
-    )
-    return sp
+    return add_command(sub, name, help_text, EPILOG.get(name))
 
 
 def register(sub) -> None:
     """Add ``audit`` and ``ledger`` to ``koinon``'s subparsers (``argparse._SubParsersAction``)."""
-    from koinon.cli.main import default_home
 
     def home_option(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(

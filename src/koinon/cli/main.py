@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
 
 from koinon import __version__
 from koinon.cli import ledger_cmds
+from koinon.cli.common import add_command, default_home
 from koinon.errors import KoinonError
 
 EPILOG = {
@@ -23,10 +23,6 @@ EPILOG = {
     ),
     "demo": "examples:\n  koinon demo\n  koinon demo --peers 4 --minutes 10 --summary-json summary.json",
 }
-
-
-def default_home() -> Path:
-    return Path(os.environ.get("KOINON_HOME", Path.home() / ".koinon"))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,17 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(
-            name,
-            help=help_text,
-            description=help_text,
-            epilog=EPILOG.get(name),
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        sp.add_argument(
-            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="show detailed logs and tracebacks"
-        )
-        return sp
+        return add_command(sub, name, help_text, EPILOG.get(name))
 
     sp = add("id", "Create this member's Ed25519 identity, or show it if it exists.")
     sp.add_argument(

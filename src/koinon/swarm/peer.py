@@ -121,6 +121,7 @@ class Peer:
         self.step_time = 0.1  # seconds per inner step, refined every round
         self._theta_hex = theta_hash(self.theta)
         self._bytes_recorded = 0
+        self._last_round_record: dict = {}
         self.tokens = 0
         self.rounds_synced_from_peers = 0
 
@@ -332,7 +333,12 @@ class Peer:
             logger.info("round %d: the other peers ended with another θ; adopting theirs", self.round)
             for donor in votes[best]:
                 if self._adopt_state(donor, min_round=self.round, timeout=10.0):
-                    self._log(event="settled", round=self.round, theta=theta_hash(self.theta))
+                    # the round's record again, with the θ we end on (readers keep a round's last record)
+                    last = dict(self._last_round_record, event="round", round=self.round, resynced=True)
+                    last.update(
+                        theta=theta_hash(self.theta), eval_loss=self.evaluate(), in_sync=False, time=time.time()
+                    )
+                    self._log(**last)
                     break
 
     def _catch_up(self, attempts: int = 3) -> None:
@@ -393,6 +399,7 @@ class Peer:
             if not resynced:
                 # nobody finished round r either: θ stays as it was and the next round tries again
                 self._log(event="round_failed", round=r, seconds=round(time.time() - started, 3))
+                self.last_group = [self.member]  # whoever we expected is gone: next round may run alone
                 logger.info("round %d: no group and nobody ahead of us; trying again next round", r)
                 return None
         else:
@@ -426,12 +433,23 @@ class Peer:
         from hivemind.utils import get_dht_time
 
         o = self.options
-        peers = self.live_peers()
-        others = {m: v for m, v in peers.items() if m != self.member}
-        same_round = [v for v in others.values() if int(v.get("round", -1)) == r]
-        # peers still finishing round r-1 will be here soon: wait for them too (a stale record of a dead peer
-        # costs at most one such wait per round until its announcement expires)
-        behind = [v for v in others.values() if int(v.get("round", -1)) == r - 1]
+        companions = [m for m in self.last_group if m != self.member]
+        for _attempt in range(3):
+            peers = self.live_peers()
+            others = {m: v for m, v in peers.items() if m != self.member}
+            same_round = [v for v in others.values() if int(v.get("round", -1)) == r]
+            # peers still finishing round r-1 will be here soon: wait for them too (a stale record of a dead peer
+            # costs at most one such wait per round until its announcement expires)
+            behind = [v for v in others.values() if int(v.get("round", -1)) == r - 1]
+            if same_round or behind or not companions:
+                break
+            # last round's group is nowhere to be seen: a DHT lookup can fail under load, so look again before
+            # concluding we are alone (going solo by mistake would split the swarm's θ)
+            time.sleep(0.5)
+        else:
+            # still nobody: expect last round's companions anyway; if they really left, matchmaking fails within
+            # the deadline and we catch up from whoever is ahead (a failed round is safe, a wrong solo round is not)
+            behind = [{"member": m} for m in companions]
         gather = dict(member=self.member, round=self.round, state=pre_state, samples=samples)
         if not same_round and not behind:
             if samples == 0:
@@ -534,6 +552,8 @@ class Peer:
 
     def _log(self, **record: object) -> None:
         record.setdefault("time", time.time())
+        if record.get("event") == "round":
+            self._last_round_record = dict(record)
         line = json.dumps(record, sort_keys=True)
         with open(self.metrics_path, "a") as f:
             f.write(line + "\n")

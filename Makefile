@@ -26,6 +26,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/ledger_bench.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -75,18 +75,19 @@ def markdown(results: dict) -> str:
         f"fp16 on the wire, matchmaking {s['matchmaking_time']} s.",
         "",
         "| variant | processes | tokens/peer | eval loss (nats/byte) | bytes sent/peer | tokens/s/peer "
-        "| training phase (s) | wall (s) | other jobs' CPU |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| training phase (s) | wall (s) | averaged by all | other jobs' CPU |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for v in results["variants"].values():
         if "error" in v:
-            lines.append(f"| {v['title']} | failed: {v['error'].splitlines()[0][:80]} ||||||||")
+            lines.append(f"| {v['title']} | failed: {v['error'].splitlines()[0][:80]} |||||||||")
             continue
         same = "" if v["peers"] == 1 or v["theta_identical"] else " (θ differ)"
         lines.append(
             f"| {v['title']} | {v['peers']} | {v['tokens_per_peer']:,.0f} | {v['eval_loss']:.4f}{same} "
             f"| {_bytes(v['bytes_sent_per_peer'])} | {v['tokens_per_s_per_peer']:,.0f} "
-            f"| {v['train_phase_s']:.1f} | {v['wall_s']:.1f} | {v['other_jobs_cpu_share']:.0%} |"
+            f"| {v['train_phase_s']:.1f} | {v['wall_s']:.1f} | {_f(v['full_group_share'], '.0%')} "
+            f"| {v['other_jobs_cpu_share']:.0%} |"
         )
     r = results["ratios"]
     g = r["goals"]

@@ -15,6 +15,7 @@ Writes bench/results/diloco.json and bench/results/diloco.md; docs/benchmarks.md
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -173,7 +174,8 @@ class Bench:
         wall = time.time() - launched
         for proc in procs:
             proc.kill_group()
-        peers = [koinon_result(h / "metrics.jsonl", i) for i, h in enumerate(homes)]
+        peers = [koinon_result(h / "metrics.jsonl", i, n) for i, h in enumerate(homes)]
+        final_eval_losses(peers)
         out = summarise(peers, wall, steps=a.steps, batch_size=8)
         out.update(inner_steps=inner_steps, rounds=rounds)
         return out
@@ -209,41 +211,47 @@ def run_plan(bench: Bench, plan: list, sockets: set[Path]) -> dict[str, dict]:
     return variants
 
 
-def koinon_result(metrics: Path, index: int) -> dict:
-    """One Koinon peer's numbers from its metrics.jsonl: training phase = its "start" record (written after it
-    waited for the other peers and evaluated θ₀) to its last "round" record (written after the last outer step
-    and its evaluation)."""
+def koinon_result(metrics: Path, index: int, n: int) -> dict:
+    """One Koinon peer's numbers from its metrics.jsonl. Training phase: from its "start" record (written after
+    it waited for the other peers and evaluated θ₀) to its last "round" record (after the last all-reduce, outer
+    step and evaluation). Final θ: the last round's, or the one it adopted afterwards ("settled" record)."""
     rows = read_jsonl(metrics)
     start = next(r for r in rows if r.get("event") == "start")
     rounds = [r for r in rows if r.get("event") == "round"]
+    failed = [r for r in rows if r.get("event") == "round_failed"]
     last = rounds[-1]
+    settled = [r for r in rows if r.get("event") == "settled" and r["time"] >= last["time"]]
     return dict(
         index=index,
         started=start["time"],
         ended=last["time"],
         train_seconds=last["time"] - start["time"],
         tokens=last["tokens"],
-        eval_loss=last["eval_loss"],
-        theta=last["theta"],
+        theta=settled[-1]["theta"] if settled else last["theta"],
+        last_round_theta=last["theta"],
+        last_round_eval_loss=last["eval_loss"],
+        settled=bool(settled),
         bytes_sent=last["bytes_sent"],
         mean_train_loss=sum(r["loss"] for r in rounds) / len(rounds),
+        failed_rounds=len(failed),
+        full_group_share=sum(r["peers"] == n for r in rounds) / (len(rounds) + len(failed)),
         rounds=[
-            dict(
-                round=r["round"],
-                loss=r["loss"],
-                eval_loss=r["eval_loss"],
-                peers=r["peers"],
-                in_sync=r["in_sync"],
-                seconds=r["seconds"],
-                bytes_sent=r["bytes_sent"],
-            )
+            {k: r[k] for k in ("round", "time", "loss", "eval_loss", "peers", "in_sync", "resynced", "seconds")}
             for r in rounds
         ],
     )
 
 
+def final_eval_losses(peers: list[dict]) -> None:
+    """A peer that adopted another's θ after its last round has that peer's last-round eval loss."""
+    by_theta = {p["last_round_theta"]: p["last_round_eval_loss"] for p in peers}
+    for p in peers:
+        p["eval_loss"] = by_theta.get(p["theta"], p["last_round_eval_loss"])
+
+
 def summarise(peers: list[dict], wall: float, steps: int, batch_size: int) -> dict:
     mean = lambda key: sum(p[key] for p in peers) / len(peers)
+    shares = [p["full_group_share"] for p in peers if p.get("full_group_share") is not None]
     return dict(
         peers=len(peers),
         steps_per_peer=steps,
@@ -255,6 +263,7 @@ def summarise(peers: list[dict], wall: float, steps: int, batch_size: int) -> di
         train_phase_s=max(p["ended"] for p in peers) - min(p["started"] for p in peers),
         wall_s=wall,
         theta_identical=len({p["theta"] for p in peers}) == 1,
+        full_group_share=min(shares) if shares else None,
         per_peer=peers,
     )
 
@@ -280,6 +289,14 @@ def machine() -> dict:
         hivemind=metadata.version("hivemind"),
         transformers=metadata.version("transformers"),
     )
+
+
+def source_hash() -> str:
+    """SHA-256 over Koinon's source files: which code (c) ran (the working tree may have uncommitted edits)."""
+    h = hashlib.sha256()
+    for f in sorted((REPO / "src" / "koinon").rglob("*.py")):
+        h.update(str(f.relative_to(REPO)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
 
 
 def command() -> str:
@@ -361,6 +378,7 @@ def main() -> int:
         plan = [item for item in plan if item[0] in args.only]
 
     started = datetime.now(timezone.utc).astimezone()
+    source = source_hash()
     info = machine()
     log(
         f"Koinon bench: S={args.steps} steps/peer, N={n}, H={args.inner_steps}, {info['cpu_count']} CPUs "
@@ -390,6 +408,8 @@ def main() -> int:
         benchmark="diloco",
         date=started.isoformat(timespec="seconds"),
         command=command(),
+        koinon_source_sha256=source,
+        koinon_source_changed_during_run=source_hash() != source,
         machine=info,
         settings=dict(
             steps_per_peer=args.steps,

@@ -66,6 +66,24 @@ class GradientAverager:
             compression=get_compression("fp16"),
         )
         self.group_sizes: dict[int, int] = {}  # group size -> steps; 1 = averaging failed, local gradient used
+        self.partial: list[tuple[int, int, float]] = []  # (step, group size, seconds) of steps without everyone
+        self.peers = args.peers
+        self.bytes_before = 0
+
+    def warm_up(self, attempts: int = 5) -> None:
+        """One untimed all-reduce with every peer before the start barrier. Without it the first step can form a
+        group without a peer whose DHT records are not visible yet, and that peer stays a step behind."""
+        self.averager.configure_matchmaking(min_group_size=self.peers, target_group_size=self.peers)
+        for _ in range(attempts):
+            try:
+                if self.averager.step(weight=1.0, timeout=30.0):
+                    break
+            except Exception:
+                continue
+        else:
+            raise RuntimeError(f"no all-reduce with all {self.peers} peers in {attempts} attempts")
+        self.averager.configure_matchmaking(min_group_size=2, target_group_size=self.peers)
+        self.bytes_before = self.averager.bytes_sent.value
 
     def maddrs(self) -> list[str]:
         return [str(m) for m in self.dht.get_visible_maddrs()]
@@ -75,12 +93,15 @@ class GradientAverager:
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         with self.averager.get_tensors() as (buffer,):
             buffer.copy_(torch.cat([g.reshape(-1) for g in grads]))
+        t0 = time.monotonic()
         try:
             group = self.averager.step(weight=1.0, timeout=self.timeout)
         except Exception:  # no group in time, or the all-reduce failed: the buffer is untouched
             group = None
         size = len(group) if group else 1
         self.group_sizes[size] = self.group_sizes.get(size, 0) + 1
+        if size != self.peers:
+            self.partial.append((sum(self.group_sizes.values()) - 1, size, round(time.monotonic() - t0, 2)))
         if not group:
             return  # keep this peer's own gradient for this step
         with self.averager.get_tensors() as (buffer,):
@@ -90,7 +111,7 @@ class GradientAverager:
                 offset += p.numel()
 
     def bytes_sent(self) -> int:
-        return int(self.averager.bytes_sent.value)
+        return int(self.averager.bytes_sent.value - self.bytes_before)
 
     def close(self) -> None:
         from koinon.swarm import node
@@ -150,6 +171,8 @@ def main() -> None:
     try:
         if averager is not None and args.index == 0:
             (args.workdir / "maddrs").write_text("\n".join(averager.maddrs()) + "\n")
+        if averager is not None:
+            averager.warm_up()
         barrier = Barrier(args.workdir)
         barrier.ready(args.index)
         barrier.wait_go()
@@ -178,6 +201,8 @@ def main() -> None:
             theta=theta_hash(theta),
             bytes_sent=averager.bytes_sent() if averager else 0,
             group_sizes=averager.group_sizes if averager else {},
+            partial_steps=averager.partial if averager else [],
+            full_group_share=averager.group_sizes.get(args.peers, 0) / args.steps if averager else None,
         )
         out = args.workdir / f"result-{args.index}.json"
         out.with_suffix(".tmp").write_text(json.dumps(result))

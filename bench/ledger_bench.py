@@ -10,7 +10,8 @@ Writes bench/results/ledger.json and bench/results/ledger.md. In one run:
    sign/s and verify/s on one core for context.
 2. **Replication** over real hivemind P2P on loopback (``bench/ledger_p2p.py``): peer A holds N events, peer B is
    empty, ``LedgerService`` on both; time until B holds all N. Two ledgers: one member's (one feed) and four
-   members' (feeds linked by parents); plus a direct-call reproduction of the multi-author backlog stall.
+   members' (feeds linked by parents); plus a direct-call regression check of a multi-author backlog stall
+   found with an earlier node.py.
 3. **Audit**: a ledger of ``--events`` events generated without ``LedgerStore`` (``bench/ledger_gen.py``: signed
    wires, hash-linked feeds, parents, charter, cuts with recomputed roots by each epoch's leader, cosigned by every
    eligible member in consecutive epochs), written as an export file in a temporary folder, loaded back and
@@ -217,7 +218,7 @@ def bench_replication(tmp: Path, count: int, timeout_s: float, stall_s: float) -
         "one_member": replicate_over_hivemind("one-member", solo, home / "one", timeout_s, stall_s),
         "four_members": replicate_over_hivemind("four-members", swarm, home / "four-run", timeout_s, stall_s),
     }
-    log("replication: direct-call reproduction of the multi-author backlog stall")
+    log("replication: direct-call regression check of the multi-author backlog stall")
     repro_n = 3000
     ids = sorted(make_identities(home / "repro", 4), key=lambda i: i.member_id)
     out["backlog_repro"] = {

@@ -8,8 +8,9 @@ B's ``LedgerService.start()`` until B's store holds all N events, or until B mak
 A and B are observers, not members of the ledger's swarm (the ledger's authors are other keys), so neither
 proposes nor cosigns a cut during the measurement: B's count grows only by replication.
 
-:func:`backlog_repro` shows, without hivemind (``sync_with`` calling ``handle`` directly), why a backlog by several
-authors does not replicate: see docs/benchmarks-ledger.md.
+:func:`backlog_repro` replays, without hivemind (``sync_with`` calling ``handle`` directly), the case that stalled with
+an earlier ``node.py`` (a backlog by several authors whose feeds cite each other; fixed since): B must end up with
+every event. See docs/benchmarks-ledger.md.
 """
 
 from __future__ import annotations

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -568,11 +567,3 @@ class Peer:
                 str(record["theta"])[:12],
                 "" if record["in_sync"] else "  (re-synced)" if record["resynced"] else "  (out of sync)",
             )
-
-
-def pid_file(home: Path) -> Path:
-    return Path(home) / "peer.pid"
-
-
-def write_pid(home: Path) -> None:
-    pid_file(home).write_text(str(os.getpid()))

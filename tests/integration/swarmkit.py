@@ -111,9 +111,16 @@ def processes_in_group(pgid: int) -> set[int]:
     return pids
 
 
-def p2pd_pids() -> set[int]:
-    out = subprocess.run(["pgrep", "-f", "p2pd"], capture_output=True, text=True).stdout
-    return {int(x) for x in out.split()}
+def p2pd_pids(under: Path | None = None) -> set[int]:
+    """p2pd processes; with ``under``, only those whose command line names a path below it (their identity file
+    lives in the peer's home), so a test is not confused by daemons that other programs on the machine run."""
+    out = subprocess.run(["pgrep", "-af", "p2pd"], capture_output=True, text=True).stdout
+    pids = set()
+    for line in out.splitlines():
+        pid, _, cmd = line.partition(" ")
+        if "p2pd" in cmd and (under is None or str(under) in cmd):
+            pids.add(int(pid))
+    return pids
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str, *peers: PeerProcess) -> None:

@@ -204,8 +204,9 @@ def run_plan(bench: Bench, plan: list, sockets: set[Path]) -> dict[str, dict]:
             variants[key] = dict(title=title, error=str(e)[-4000:])
         finally:
             bench.stop_all()
-            share = variants[key]["other_jobs_cpu_share"] = watcher.stop()
+            share = watcher.stop()
             sockets |= watcher.sockets
+        variants[key]["other_jobs_cpu_share"] = share
         if share > 0.05:
             log(f"  WARNING: other jobs used {share:.0%} of the machine's CPU meanwhile: these numbers are off")
     return variants
@@ -332,6 +333,7 @@ def parse_args() -> argparse.Namespace:
         help="run only these variants (a_alone a_batchN a_contended b_dp c_hH); for debugging",
     )
     p.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
+    p.add_argument("--keep", action="store_true", help="keep the temporary folder (peer homes, logs) to debug")
     p.add_argument("--name", default="diloco", help="results file stem: RESULTS_DIR/NAME.json and NAME.md")
     args = p.parse_args()
     bad = [h for h in args.inner_steps if h < 1 or args.steps % h]
@@ -396,7 +398,10 @@ def main() -> int:
         variants = run_plan(bench, plan, sockets)
     finally:
         bench.stop_all()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if args.keep:
+            log(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
         ours = processes_in_groups({p.pgid for p in bench.procs})
         removed = remove_stale_sockets(sockets)
     others = sorted(p2pd_pids() - p2pd_before)  # p2pd started during the run by someone else's jobs

@@ -72,7 +72,8 @@ def markdown(results: dict) -> str:
         f"({m['platform']}; Python {m['python']}, torch {m['torch']}, hivemind {m['hivemind']}). "
         f"Model {s['model_size']}, seq_len {s['seq_len']}, S = {s['steps_per_peer']} steps of batch "
         f"{s['batch_size']} per peer, {s['threads_per_process']} torch thread per process, "
-        f"fp16 on the wire, matchmaking {s['matchmaking_time']} s.",
+        f"fp16 on the wire, min_matchmaking_time {s['matchmaking_time_b']} s in (b), "
+        f"--matchmaking-time of (c): {s['matchmaking_time_c']}.",
         "",
         "| variant | processes | tokens/peer | eval loss (nats/byte) | bytes sent/peer | tokens/s/peer "
         "| training phase (s) | wall (s) | averaged by all | other jobs' CPU |",
@@ -86,7 +87,7 @@ def markdown(results: dict) -> str:
         lines.append(
             f"| {v['title']} | {v['peers']} | {v['tokens_per_peer']:,.0f} | {v['eval_loss']:.4f}{same} "
             f"| {_bytes(v['bytes_sent_per_peer'])} | {v['tokens_per_s_per_peer']:,.0f} "
-            f"| {v['train_phase_s']:.1f} | {v['wall_s']:.1f} | {_f(v['full_group_share'], '.0%')} "
+            f"| {v['train_phase_s']:.1f} | {v['wall_s']:.1f} | {_f(v['full_group_share'], '.1%')} "
             f"| {v['other_jobs_cpu_share']:.0%} |"
         )
     r = results["ratios"]

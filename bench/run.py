@@ -151,9 +151,9 @@ class Bench:
             "1",
             "--wait-for-peers",
             str(n),
-            "--matchmaking-time",
-            str(a.matchmaking_time),
         ]
+        if a.koinon_matchmaking_time is not None:
+            base += ["--matchmaking-time", str(a.koinon_matchmaking_time)]
         launched = time.time()
         procs = [self._spawn(f"{label}-0", python_cmd(*base, "--home", str(homes[0])), folder)]
         maddrs = homes[0] / "maddrs"
@@ -323,7 +323,13 @@ def parse_args() -> argparse.Namespace:
         "--matchmaking-time",
         type=float,
         default=0.5,
-        help="min_matchmaking_time of (b) and --matchmaking-time of (c) (default 0.5 s)",
+        help="min_matchmaking_time of the averager in (b) (default 0.5 s)",
+    )
+    p.add_argument(
+        "--koinon-matchmaking-time",
+        type=float,
+        default=None,
+        help="--matchmaking-time passed to the Koinon peers of (c) (default: not passed, the CLI's default)",
     )
     p.add_argument(
         "--only",
@@ -420,7 +426,8 @@ def main() -> int:
             steps_per_peer=args.steps,
             peers=n,
             inner_steps=args.inner_steps,
-            matchmaking_time=args.matchmaking_time,
+            matchmaking_time_b=args.matchmaking_time,
+            matchmaking_time_c=args.koinon_matchmaking_time or "koinon start's default",
             model_size="tiny",
             seq_len=128,
             batch_size=8,

@@ -86,6 +86,10 @@ class AuditFailure(LedgerError):
     """An offline replay of the ledger failed; the message names the first bad event."""
 
 
+class GovernanceError(KoinonError, ValueError):
+    """A charter, proposal, vote or delegation is invalid (the message says what to change)."""
+
+
 __all__ = [
     "AddressInUse",
     "AuditFailure",
@@ -95,6 +99,7 @@ __all__ = [
     "LedgerError",
     "ConfigError",
     "DataError",
+    "GovernanceError",
     "HashMismatch",
     "IdentityError",
     "KoinonError",

@@ -95,7 +95,7 @@ class Chain:
         self.store = store
         self.cuts: dict[bytes, CutInfo] = {}
         self.cosigners: dict[bytes, set[str]] = {}
-        self._members: dict[bytes, frozenset[str]] = {}
+        self._gov: dict[bytes, object] = {}  # cut id → GovState after it (koinon.governance.state)
         self._children: dict[bytes, list[bytes]] = {}
         # per cut: the events it adds to its parent's log (ids, in order) and the log's compact range after it
         self._added: dict[bytes, list[bytes]] = {}
@@ -137,33 +137,42 @@ class Chain:
         return out[::-1]
 
     def members(self, cut_id: bytes) -> frozenset[str] | None:
-        """Members given the events a cut covers (charter founders, + join, − leave, − proven equivocators);
-        None while some of those events are missing here."""
-        if cut_id in self._members:
-            return self._members[cut_id]
+        """Who may cosign a child of this cut: the governance state's eligible members through it (founders and
+        members who joined, minus those who left, were expelled or equivocated; under ``admission: vote`` only
+        admitted members count). None while some covered event is missing here."""
+        gov = self.governance(cut_id)
+        return None if gov is None else gov.eligible()
+
+    def governance(self, cut_id: bytes):
+        """The :class:`~koinon.governance.state.GovState` after the chain through ``cut_id`` (GENESIS: the
+        charter alone); None while some of its events are missing here. Computed once per cut."""
+        from koinon.governance.state import GovState
+
+        if cut_id in self._gov:
+            return self._gov[cut_id]
         charter = self.store.charter()
         if charter is None:
             return None
-        if cut_id == GENESIS:
-            return frozenset(charter.body["founders"] or [charter.author])
-        info = self.cuts.get(cut_id)
-        parent_members = self.members(info.parent) if info else None
-        if info is None or parent_members is None:
-            return None
+        pending = []
+        cid = cut_id
+        while cid not in self._gov and cid != GENESIS:
+            info = self.cuts.get(cid)
+            if info is None:
+                return None
+            pending.append(cid)
+            cid = info.parent
+        if cid == GENESIS and GENESIS not in self._gov:
+            self._gov[GENESIS] = GovState(charter)
         try:
             self._log(cut_id)
         except (KeyError, ValueError):
             return None
-        members = set(parent_members)
-        for e in map(self.store.get, self._added[cut_id]):
-            if e.kind == "join":
-                members.add(e.author)
-            elif e.kind == "leave":
-                members.discard(e.author)
-            elif e.kind == "equivocation":
-                members.discard(Event.from_wire(e.body["a"]).author)
-        self._members[cut_id] = frozenset(members)
-        return self._members[cut_id]
+        state = self._gov[cid]
+        for cid in reversed(pending):
+            state = state.copy()
+            state.apply_cut(int(self.cuts[cid].event.body["index"]), [self.store.get(i) for i in self._added[cid]])
+            self._gov[cid] = state
+        return self._gov[cut_id]
 
     def eligible(self, cut_id: bytes) -> frozenset[str] | None:
         """Who may cosign ``cut_id``: the members given what its parent covers."""

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import koinon.governance  # noqa: F401  (registers the governance event kinds)
 from koinon.errors import Equivocation, InvalidEvent
 from koinon.ledger.event import MAX_FUTURE_MS, Event, check_structure, verify_signature_of
 from koinon.ledger.kinds import check_body

@@ -13,6 +13,18 @@ un-averaged on some peers (shared/HIVEMIND.md, traps 2 and 3). ``ExactAllReduceR
 3. ``ExactAverager`` copies results into the averaged tensors only when *every* part arrived; otherwise the
    attempt raises, hivemind retries matchmaking (without whoever died) within the step's deadline, and the
    local tensors are untouched in between.
+4. Who counts, and with which wire encoding, is decided inside the all-reduce by :func:`group_decision`, a pure
+   function of the group's all-gathered metadata (``step(gather=...)``), which every member receives identically:
+   so every member takes the same decision without another message. Members that are not ``contributors`` (a
+   different pre-round state, round or training config than the group's majority; expelled by governance
+   according to the majority of the canonical members; malformed metadata) still take part in the protocol,
+   so nobody's all-reduce fails, but their parts count with weight 0; all members receive the contributors'
+   average. The parts travel with the compression the canonical members voted for, which overrides the
+   averager's configured one (governance can change it mid-run). If all contributors have weight 0 the
+   average is zeros (:class:`ExactPartReducer`; stock hivemind 1.1.12 would divide 0 by 0). When no member
+   sent well-formed metadata, everyone counts with the averager's configured compression (the old behaviour).
+   The host recomputes the same decision from the gathered dict that ``step()`` returns
+   (``group_decision(result)``; keys may be ``PeerID`` or base58 strings).
 
 Bytes sent (all parts and results this peer put on the wire) are counted in shared memory, so the host process
 can report them.
@@ -21,14 +33,17 @@ can report them.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import multiprocessing as mp
-from collections.abc import AsyncIterator, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from hivemind.averaging import DecentralizedAverager
 from hivemind.averaging.allreduce import AllReduceRunner, AveragingMode
-from hivemind.averaging.partition import AllreduceException, BannedException
+from hivemind.averaging.partition import AllreduceException, BannedException, TensorPartReducer
 from hivemind.compression import deserialize_torch_tensor, serialize_torch_tensor
 from hivemind.p2p import PeerID
 from hivemind.proto import averaging_pb2
@@ -36,21 +51,238 @@ from hivemind.utils.asyncio import aiter_with_timeout, amap_in_executor
 from hivemind.utils.mpfuture import MPFuture
 from hivemind.utils.streaming import combine_from_streaming
 
+from koinon.swarm.compression import get_compression
 from koinon.swarm.compression import install as install_compression
 
 logger = logging.getLogger("koinon.swarm")
 
 
+# --- who counts: a pure function of the all-gathered metadata ----------------------------------------------------
+GATHER_KEYS = ("member", "round", "state", "samples", "config", "compression", "excluded", "gov")
+
+
+@dataclass(frozen=True)
+class GroupDecision:
+    """What every member of one all-reduce group decides from the same gathered metadata.
+
+    ``canonical_*``: the pre-round (state hash, round, training-config hash) most members held.
+    ``contributors``: base58 peer ids whose parts count: members holding the canonical key, minus ``excluded``.
+    ``compression``: the wire encoding the canonical members voted for (a name for ``get_compression``).
+    ``excluded``: member ids expelled by governance, as the canonical members' majority reports them (they may or
+    may not be in this group).
+    """
+
+    canonical_state: str
+    canonical_round: int
+    canonical_config: str
+    contributors: frozenset[str]
+    compression: str
+    excluded: frozenset[str]
+
+
+@dataclass(frozen=True)
+class _Gather:
+    """One member's well-formed gather dict (``excluded`` sorted and de-duplicated)."""
+
+    member: str
+    round: int
+    state: str
+    samples: int
+    config: str
+    compression: str
+    excluded: tuple[str, ...]
+    gov: int
+
+    @property
+    def key(self) -> tuple[str, int, str]:
+        return (self.state, self.round, self.config)
+
+
+def _peer_key(peer: object) -> str | None:
+    """Base58 peer id from a base58 string or a ``PeerID`` (what ``step()`` returns); None for anything else."""
+    if isinstance(peer, str):
+        return peer
+    if isinstance(peer, PeerID):
+        return peer.to_base58()
+    return None
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _known_compression(name: object) -> bool:
+    if not isinstance(name, str):
+        return False
+    try:
+        get_compression(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _parse_gather(peer: str, info: object) -> tuple[_Gather | None, str]:
+    """(the parsed gather dict, "") or (None, why it is malformed). Never raises: the data comes off the network."""
+    if not isinstance(info, dict):
+        return None, f"gathered metadata is a {type(info).__name__}, not a dict"
+    missing = [k for k in GATHER_KEYS if k not in info]
+    if missing:
+        return None, f"gathered metadata lacks {', '.join(missing)}"
+    if info["member"] != peer:
+        # member id = libp2p identity (node.start_dht checks it); a member claiming another id could dodge expulsion
+        return None, "gathered member id is not its peer id"
+    for name in ("round", "samples", "gov"):
+        if not _is_count(info[name]):
+            return None, f"gathered {name} is not a non-negative int"
+    for name in ("state", "config"):
+        if not isinstance(info[name], str):
+            return None, f"gathered {name} is not a string"
+    if not _known_compression(info["compression"]):
+        return None, f"unknown compression {info['compression']!r}"
+    excluded = info["excluded"]
+    if not isinstance(excluded, (list, tuple)) or not all(isinstance(m, str) for m in excluded):
+        return None, "gathered excluded is not a list of member ids"
+    return (
+        _Gather(
+            member=info["member"],
+            round=info["round"],
+            state=info["state"],
+            samples=info["samples"],
+            config=info["config"],
+            compression=info["compression"],
+            excluded=tuple(sorted(set(excluded))),
+            gov=info["gov"],
+        ),
+        "",
+    )
+
+
+def _parse_all(gathered: Mapping[object, object]) -> tuple[dict[str, _Gather], dict[str, str]]:
+    """(well-formed members by base58 peer id, why each other member is malformed)."""
+    valid: dict[str, _Gather] = {}
+    malformed: dict[str, str] = {}
+    for peer, info in gathered.items():
+        key = _peer_key(peer)
+        if key is None:
+            continue  # not even a peer id: nobody to leave out by name
+        parsed, reason = _parse_gather(key, info)
+        if parsed is None:
+            malformed[key] = reason
+        else:
+            valid[key] = parsed
+    return valid, malformed
+
+
+def _canonical_key(members: Iterable[_Gather]) -> tuple[str, int, str] | None:
+    votes = Counter(m.key for m in members)
+    if not votes:
+        return None
+    # same order as peer.choose_canonical (most votes, then higher round, then smaller state hash), then config
+    return min(votes, key=lambda k: (-votes[k], -k[1], k[0], k[2]))
+
+
+def canonical_key(gathered: Mapping[object, object]) -> tuple[str, int, str] | None:
+    """The (state hash, round, config hash) most well-formed members held before the round; None if none is.
+
+    Ties: higher round, then smaller state hash, then smaller config hash (``peer.choose_canonical`` extended by
+    the config). Malformed entries do not vote.
+    """
+    valid, _ = _parse_all(gathered)
+    return _canonical_key(valid.values())
+
+
+def _canonical_json(ids: tuple[str, ...]) -> str:
+    return json.dumps(list(ids), separators=(",", ":"))
+
+
+def group_decision(gathered: Mapping[object, object]) -> GroupDecision | None:
+    """Who counts in this all-reduce and which compression it uses, from the group's all-gathered metadata.
+
+    ``gathered`` maps base58 peer ids (or ``PeerID``, as ``step()`` returns them) to each member's gather dict with
+    the keys in ``GATHER_KEYS``. Pure and order-independent: every member of the group, and the host process
+    afterwards, computes the same decision from the same gathered data. A malformed entry (not a dict, a key
+    missing, a wrong type, an unknown compression, a member id that is not its peer id) never raises: that member
+    does not vote and does not contribute. Returns None when no entry is well-formed (then everyone counts with
+    the averager's configured compression, as before this decision existed).
+    """
+    valid, _ = _parse_all(gathered)
+    key = _canonical_key(valid.values())
+    if key is None:
+        return None
+    canonical = {peer: g for peer, g in valid.items() if g.key == key}
+    # the expelled set and the encoding are what most canonical members report; ties broken by a total order so
+    # that no member can be in doubt (smallest canonical JSON of the sorted id list; smallest compression name)
+    lists = Counter(g.excluded for g in canonical.values())
+    excluded = min(lists, key=lambda e: (-lists[e], _canonical_json(e)))
+    encodings = Counter(g.compression for g in canonical.values())
+    compression = min(encodings, key=lambda c: (-encodings[c], c))
+    return GroupDecision(
+        canonical_state=key[0],
+        canonical_round=key[1],
+        canonical_config=key[2],
+        contributors=frozenset(peer for peer in canonical if peer not in excluded),
+        compression=compression,
+        excluded=frozenset(excluded),
+    )
+
+
+def left_out(gathered: Mapping[object, object], decision: GroupDecision) -> dict[str, str]:
+    """Why each member of ``gathered`` that is not a contributor was left out (base58 peer id → reason)."""
+    valid, reasons = _parse_all(gathered)
+    for peer, g in valid.items():
+        if peer in decision.contributors:
+            continue
+        if peer in decision.excluded:
+            reasons[peer] = "expelled by governance"
+        elif g.config != decision.canonical_config:
+            reasons[peer] = f"trained with config {g.config[:12]}, the group's is {decision.canonical_config[:12]}"
+        elif g.round != decision.canonical_round:
+            reasons[peer] = f"at round {g.round}, the group is at round {decision.canonical_round}"
+        else:
+            reasons[peer] = f"pre-round state {g.state[:12]}, the group's is {decision.canonical_state[:12]}"
+    return reasons
+
+
+class ExactPartReducer(TensorPartReducer):
+    """hivemind's weighted mean of one part, except that a part whose weights sum to 0 averages to zeros.
+
+    Stock hivemind 1.1.12 returns ``accumulator / denominator``, i.e. 0/0 = NaN when every sender counted with
+    weight 0 (all contributors sent weight 0, or nobody in the group is a contributor). Parts that count with
+    weight 0 are zero tensors here (rejected or left-out parts are replaced before accumulation), so the
+    accumulator is 0 as well and zeros are the natural "nobody contributed" average.
+    """
+
+    def check_current_part_finished(self) -> None:
+        assert self.current_part_accumulated_from <= self.num_current_senders
+        if self.current_part_accumulated_from == self.num_current_senders:
+            if self.denominator > 0:
+                average = self.accumulator.div_(self.denominator)
+            else:
+                average = self.accumulator.zero_()
+            self.current_part_future.set_result(average)
+            self.reset_accumulators()
+
+
 class ExactAllReduceRunner(AllReduceRunner):
-    """An ``AllReduceRunner`` that yields averaged parts (not deltas), identical on every peer."""
+    """An ``AllReduceRunner`` that yields averaged parts (not deltas), identical on every peer.
+
+    ``left_out_peers`` (peer id → reason): group members whose parts count with weight 0 (see :func:`group_decision`);
+    they still send and receive, so the exchange completes for everybody.
+    """
 
     bytes_sent: mp.Value  # set by ExactAverager
     rejected: mp.Value
 
-    def __init__(self, **kwargs: object) -> None:
+    def __init__(self, *, left_out_peers: Mapping[PeerID, str] | None = None, **kwargs: object) -> None:
         super().__init__(**kwargs)
+        self.left_out_peers = dict(left_out_peers or {})
+        if self.peer_id in self.left_out_peers:
+            self.weight = 0.0  # what we send says so too; the reducers zero our parts anyway
         # a failed reducer's parts are filled with our local part; we then refuse the whole result (see run_exact)
         self.tensor_part_container.return_deltas = False
+        stock = self.tensor_part_reducer
+        stock.finished.set()  # never used: keeps its __del__ from warning "received 0.0% of input tensors"
+        self.tensor_part_reducer = ExactPartReducer(stock.part_shapes, stock.num_senders)
 
     def _count(self, nbytes: int) -> None:
         with self.bytes_sent.get_lock():
@@ -72,11 +304,12 @@ class ExactAllReduceRunner(AllReduceRunner):
         sender_index = self.sender_peer_ids.index(peer_id)
         compression = self.tensor_part_container.compression
         for part_index, tensor_part in enumerate(self.parts_for_local_averaging):
-            # our own part goes through the wire encoding too, exactly as it would for a remote reducer
             # our own part is encoded and decoded as it would be on the way to a remote reducer
             tensor_part = deserialize_torch_tensor(serialize_torch_tensor(tensor_part, compression.compression_type))
             weight = self.weight
-            if not torch.isfinite(tensor_part).all():
+            if self.peer_id in self.left_out_peers:
+                tensor_part, weight = torch.zeros_like(tensor_part), 0.0  # decided by group_decision
+            elif not torch.isfinite(tensor_part).all():
                 # left out of this part's average with weight 0, without breaking the protocol for the others
                 logger.warning("our own pseudo-gradient part %d contains NaN or Inf: contributing nothing", part_index)
                 tensor_part, weight = torch.zeros_like(tensor_part), 0.0
@@ -112,7 +345,11 @@ class ExactAllReduceRunner(AllReduceRunner):
                     await self._reject(sender, error)
                     break
                 expected = self.tensor_part_reducer.part_shapes[part_index]
-                if part.shape != expected:
+                if sender in self.left_out_peers:
+                    # not a contributor this round (group_decision, logged once by ExactAverager): weight 0, and a
+                    # zero tensor so that even a NaN it sent cannot reach the accumulator (0 · NaN = NaN)
+                    part, weight = torch.zeros(expected), 0.0
+                elif part.shape != expected:
                     error = f"part {part_index} has shape {tuple(part.shape)}, expected {tuple(expected)}"
                 elif not torch.isfinite(part).all():
                     error = f"part {part_index} contains NaN or Inf"
@@ -157,6 +394,25 @@ class ExactAverager(DecentralizedAverager):
         self, tensors: Sequence[torch.Tensor], group_info, group_id: bytes | None = None, **kwargs
     ) -> None:
         group_id = group_info.group_id if group_id is None else group_id
+        gathered = self._decode_gathered(group_info)
+        decision = group_decision(gathered)
+        leaving: dict[PeerID, str] = {}
+        if decision is None:
+            logger.debug("no well-formed gathered metadata in this group: everyone counts, configured compression")
+        else:
+            # every member computes this same decision from the same gathered bytes, so all of them partition the
+            # vector for the same encoding and zero the same senders
+            kwargs["compression"] = get_compression(decision.compression)
+            reasons = left_out(gathered, decision)
+            leaving = {p: reasons[p.to_base58()] for p in group_info.peer_ids if p.to_base58() in reasons}
+            if leaving:
+                logger.info(
+                    "round %d: %d of %d group members left out of the average (weight 0): %s",
+                    decision.canonical_round,
+                    len(leaving),
+                    len(group_info.peer_ids),
+                    "; ".join(f"{p.to_base58()}: {why}" for p, why in leaving.items()),
+                )
         runner = ExactAllReduceRunner(
             p2p=self._p2p,
             servicer_type=type(self),
@@ -164,6 +420,7 @@ class ExactAverager(DecentralizedAverager):
             tensors=tensors,
             group_id=group_id,
             ordered_peer_ids=group_info.peer_ids,
+            left_out_peers=leaving,
             **kwargs,
         )
         runner.bytes_sent, runner.rejected = self.bytes_sent, self.rejected
@@ -181,6 +438,18 @@ class ExactAverager(DecentralizedAverager):
             raise AllreduceException("a reducer returned NaN or Inf; the result is refused")
         for tensor, result in zip(tensors, results, strict=True):
             tensor.copy_(result.reshape(tensor.shape))
+
+    def _decode_gathered(self, group_info) -> dict[str, object]:
+        """Each member's ``step(gather=...)`` value by base58 peer id, decoded as hivemind's ``_aggregate_with_group``
+        does (``[bandwidth, mode, user bytes]``); a member whose bytes do not decode maps to None (malformed)."""
+        gathered: dict[str, object] = {}
+        for peer_id, blob in zip(group_info.peer_ids, group_info.gathered or (), strict=False):
+            try:
+                _bandwidth, _mode, user_bytes = self.serializer.loads(blob)
+                gathered[peer_id.to_base58()] = self.serializer.loads(user_bytes)
+            except Exception:  # bytes off the network: a malformed member, never a crash
+                gathered[peer_id.to_base58()] = None
+        return gathered
 
     def configure_matchmaking(self, min_group_size: int, target_group_size: int | None) -> None:
         """Change group sizes for the next step (the swarm's size changes as peers come and go)."""
@@ -234,4 +503,13 @@ class ExactAverager(DecentralizedAverager):
                 future.set_result(None)
 
 
-__all__ = ["ExactAllReduceRunner", "ExactAverager"]
+__all__ = [
+    "GATHER_KEYS",
+    "ExactAllReduceRunner",
+    "ExactAverager",
+    "ExactPartReducer",
+    "GroupDecision",
+    "canonical_key",
+    "group_decision",
+    "left_out",
+]

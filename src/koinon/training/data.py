@@ -52,12 +52,41 @@ def _is_text(data: bytes) -> bool:
     return b"\x00" not in data[:8192]
 
 
+def _source_hasher():
+    return hashlib.sha256(b"koinon/data-source/v1\x00")
+
+
+def _hash_file(h, root: Path, f: Path, data: bytes) -> None:
+    rel = f.name if root.is_file() else f.relative_to(root).as_posix()
+    h.update(rel.encode() + b"\x00" + hashlib.sha256(data).digest())
+
+
+def source_hash(path: Path | str, suffixes: tuple[str, ...] | None = None) -> str:
+    """Content hash (hex) of one data source: SHA-256 over its text files in path order, each as
+    ``relative path ‖ 0x00 ‖ SHA-256(content)``, so the same files hash the same on every machine wherever they
+    lie. Governance names data sources by this hash (add-data, remove-data); :class:`Corpus` computes the same
+    hash for each path it reads (``Corpus.source_ids``)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"data path {path} does not exist; pass an existing file or directory")
+    h = _source_hasher()
+    for f in _iter_files(path, suffixes):
+        try:
+            data = f.read_bytes()
+        except OSError:
+            continue
+        if data and _is_text(data):
+            _hash_file(h, path, f, data)
+    return h.hexdigest()
+
+
 class Corpus:
     """All training and validation bytes of one data set, held as a uint8 array (1 byte per token)."""
 
     def __init__(self, data: bytes, sources: Sequence[str]) -> None:
         self.stream = np.frombuffer(data, dtype=np.uint8)
         self.sources = list(sources)
+        self.source_ids: list[str] = []  # content hash of each path given to from_paths (see source_hash)
         self.content_hash = hashlib.sha256(data).hexdigest()
         n_blocks = len(data) // BLOCK_SIZE
         if n_blocks < 2:
@@ -79,8 +108,10 @@ class Corpus:
             raise DataError("no data path given; pass files or directories with --data")
         chunks: list[bytes] = []
         sources: list[str] = []
+        source_ids: list[str] = []
         for raw in paths:
             path = Path(raw)
+            hasher = _source_hasher()
             if not path.exists():
                 raise DataError(f"data path {path} does not exist; pass an existing file or directory")
             try:
@@ -97,9 +128,13 @@ class Corpus:
                 if data and _is_text(data):
                     chunks.append(data)
                     sources.append(str(f))
+                    _hash_file(hasher, path, f, data)
+            source_ids.append(hasher.hexdigest())
         if not chunks:
             raise DataError(f"no readable text in {', '.join(map(str, paths))}; pass non-empty text files")
-        return cls(SEPARATOR.join(chunks), sources)
+        corpus = cls(SEPARATOR.join(chunks), sources)
+        corpus.source_ids = source_ids
+        return corpus
 
     @classmethod
     def default(cls) -> Corpus:

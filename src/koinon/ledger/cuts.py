@@ -174,6 +174,18 @@ class Chain:
             self._gov[cid] = state
         return self._gov[cut_id]
 
+    def final_governance(self, index: int | None = None):
+        """The governance state after the final cut with this ``index`` (None: the last final cut; -1: the
+        charter alone), or None if that cut is not final here (yet)."""
+        final = self.final_cuts()
+        if index is None:
+            return self.governance(final[-1].id if final else GENESIS)
+        if index < 0:
+            return self.governance(GENESIS)
+        if index >= len(final):
+            return None
+        return self.governance(final[index].id)
+
     def eligible(self, cut_id: bytes) -> frozenset[str] | None:
         """Who may cosign ``cut_id``: the members given what its parent covers."""
         info = self.cuts.get(cut_id)

@@ -146,6 +146,7 @@ def realistic_events(identities: list[Identity], count: int) -> list[Event]:
                     "samples": 50 * 8 * len(members),
                     "bytes": 4_800_000,
                     "config": hashlib.sha256(b"config").digest(),
+                    "gov": None,
                 },
             )
     return events

@@ -163,6 +163,7 @@ class LedgerBuilder:
                     "samples": 50 * 8 * len(participants),
                     "bytes": 4 * 1_200_000 * (len(participants) - 1),
                     "config": self.config,
+                    "gov": None,
                 },
             )
 

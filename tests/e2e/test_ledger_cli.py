@@ -102,7 +102,7 @@ def _prepare_home(home: Path) -> None:
             n.append_own(
                 "round",
                 {"round": r, "theta": new, "prev_theta": theta, "participants": participants, "samples": 8}
-                | {"bytes": 10, "config": b"\x02" * 32},
+                | {"bytes": 10, "config": b"\x02" * 32, "gov": None},
             )
         theta = new
         for _ in range(8):

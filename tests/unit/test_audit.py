@@ -104,6 +104,7 @@ def build_swarm(home: Path | None = None, rounds: int = 4) -> Swarm:
                 "samples": 64,
                 "bytes": 1000,
                 "config": b"\x01" * 32,
+                "gov": None,
             }
             n.append_own("round", body)
         theta = new

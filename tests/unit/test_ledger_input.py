@@ -412,6 +412,7 @@ def really_full(tmp_path) -> tuple[LedgerStore, Event]:
         "samples": 1,
         "bytes": 1,
         "config": h("c"),
+        "gov": None,
         "participants": participants,
     }
     return store, Event.create(

@@ -14,6 +14,7 @@ ROUND = {
     "samples": 1,
     "bytes": 1,
     "config": b"\2" * 32,
+    "gov": None,
 }
 
 

@@ -199,6 +199,10 @@ class GovState:
                 p.set_state(index, state, why)
                 if state == "passed" and p.execute_at > index:
                     p.set_state(index, "queued", f"{why}; takes effect at cut {p.execute_at}")
+        # every tally of this cut before any execution (steps 3, then 4): an expel executed here must not change
+        # the tally of a proposal closing here according to which of the two came first in the log
+        for pid in list(self._live):
+            p = self.proposals[pid]
             if p.state in ("passed", "queued") and p.execute_at == index:
                 self._execute(index, p)
         self._live = [pid for pid in self._live if self.proposals[pid].state not in TERMINAL]
@@ -276,6 +280,8 @@ class GovState:
         p = self.proposals.get(pid)
         if p is None:
             raise GovernanceError(f"vote on an unknown proposal {pid.hex()[:12]}…")
+        if p.state in TERMINAL:  # shared with earlier states (copy() clones live ones only): write to our own copy
+            p = self.proposals[pid] = p.clone()
 
         def ignore(reason: str) -> None:
             if len(p.ignored) < MAX_IGNORED:

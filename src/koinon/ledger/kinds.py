@@ -110,8 +110,10 @@ register_kind(
         "samples": uint,
         "bytes": uint,
         "config": hash32,
+        "gov": lambda v: v is None or uint(v),
     },
-    "A finished training round as its author saw it: θ before and after, the group, samples and bytes.",
+    "A finished training round as its author saw it: θ before and after, the group, samples and bytes, the hash "
+    "of the configuration in force and the final cut index whose governance state set it (null: the charter).",
 )
 register_kind(
     "commit",

@@ -114,3 +114,25 @@ class Outbox:
             _write_atomic(request.with_suffix(".done"), cbor.encode(answer))
             request.unlink(missing_ok=True)
         return n
+
+
+class HomeLock:
+    """The running peer's hold on ``$HOME/peer.lock`` (for its whole life): one peer per home, and the CLI then
+    goes through the outbox."""
+
+    def __init__(self, home: Path) -> None:
+        home.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(home / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise LedgerError(
+                f"another Koinon peer is already running on {home}; stop it first, or use another --home"
+            ) from None
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None

@@ -35,8 +35,10 @@ class LedgerService:
         sync_interval: float = 0.5,
         fanout: int = 3,
         theta: Callable[[], bytes | None] = lambda: None,
+        outbox=None,
     ) -> None:
         self.dht, self.node, self.protocol = dht, node, protocol
+        self.outbox = outbox  # koinon.ledger.outbox.Outbox: events the CLI asks this peer to append
         self.sync_interval, self.fanout, self.theta = sync_interval, fanout, theta
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -73,6 +75,8 @@ class LedgerService:
         loop = asyncio.get_running_loop()
         while not self._stop.is_set():
             try:
+                if self.outbox is not None and await loop.run_in_executor(None, self.outbox.drain):
+                    self.kick.set()  # push what the CLI asked for at once
                 peers = [p.peer_id for p in await self._p2p.list_peers()]
                 for peer in random.sample(peers, min(self.fanout, len(peers))):
                     call = self._caller(peer, loop)

@@ -30,14 +30,16 @@ import torch
 
 from koinon.config import TrainingConfig
 from koinon.errors import HashMismatch, KoinonError, SwarmError
+from koinon.governance.charter import charter_from_toml, default_charter_text, training_body
 from koinon.identity import Identity, short_id
 from koinon.ledger.node import LedgerNode
+from koinon.ledger.outbox import HomeLock, Outbox
 from koinon.ledger.p2p import LedgerService
 from koinon.ledger.store import LedgerStore
 from koinon.store.checkpoint import save_checkpoint
 from koinon.swarm import node
 from koinon.swarm.announce import Announcer
-from koinon.swarm.averaging import ExactAverager
+from koinon.swarm.averaging import GATHER_KEYS, ExactAverager, canonical_key, group_decision
 from koinon.swarm.compression import get_compression, roundtrip
 from koinon.training.data import Corpus
 from koinon.training.diloco import InnerTrainer, OuterOptimizer
@@ -67,6 +69,7 @@ class PeerOptions:
     attack: str | None = None
     epoch_ms: int = 2000  # ledger cut epochs (a charter rule: joiners take the founder's value)
     swarm_id: str | None = None  # hex: refuse to join a swarm whose charter has another id
+    charter: dict | None = None  # the genesis body to found with (None: the example charter with ``config``)
 
 
 def state_hash(round_no: int, theta: torch.Tensor, momentum: torch.Tensor) -> str:
@@ -99,6 +102,7 @@ class Peer:
         self._lock = threading.Lock()
         self.announcer: Announcer | None = None
         self.metrics_path = self.home / "metrics.jsonl"
+        self.home_lock = HomeLock(self.home)  # one peer per home; the CLI then appends through our outbox
         (self.home / "STOP_AFTER").unlink(missing_ok=True)  # left over from an earlier demo run
 
         if options.attack is not None and options.attack not in ATTACKS:
@@ -123,16 +127,52 @@ class Peer:
         self._last_round_record: dict = {}
         self.tokens = 0
         self.rounds_synced_from_peers = 0
+        self.data_paths: list[Path] = list(options.data) if options.data else [Path("<stdlib>")]
+        self.gov_index = -1  # the final cut whose governance state is in force (-1: the charter)
+        self.gov = None  # that GovState (set once the charter is here)
+        self.pending_gov: int | None = None  # final cut count agreed in the last round, in force from the next
+        self.config_known = False
+        self.last_contributors: list[str] = []
+        self._round_gov: int | None = None  # the final cut index in force during the current round (None: charter)
 
     # --- lifecycle -------------------------------------------------------------------------------------------
     @property
     def prefix(self) -> str:
-        return f"{self.options.swarm}_{self.config.config_hash()[:16]}"
+        """The averaging group key: the swarm's name and id. Peers that disagree on the configuration in force
+        may still meet; the group's all-gather then leaves the minority's contributions out (group_decision)."""
+        return f"{self.options.swarm}_{(self.swarm_id or '')[:16]}"
 
     def start(self) -> list[str]:
         o = self.options
         threading.excepthook = self._thread_excepthook  # inherited by hivemind's forked children
         self.dht = node.start_dht(self.identity, o.listen, o.initial_peers, o.announce)
+        if not o.initial_peers and self.ledger.store.swarm_id is None:
+            charter = o.charter or charter_from_toml(default_charter_text(), self.member)
+            if o.charter is None:  # `koinon start` flags set the founding configuration
+                charter["training"] = training_body(self.config)
+                charter["rules"]["epoch_ms"] = o.epoch_ms
+            self.ledger.found(
+                charter["name"] if o.charter else o.swarm,
+                training=charter["training"],
+                rules=charter["rules"],
+                founders=charter["founders"],
+            )
+        self.ledger_service = LedgerService(
+            self.dht,
+            self.ledger,
+            protocol=f"koinon/ledger/{o.swarm}",
+            theta=lambda: bytes.fromhex(self._theta_hex),
+            outbox=Outbox(self.home, self._append_from_cli),
+        )
+        self.ledger_service.start()
+        return [str(m) for m in self.dht.get_visible_maddrs()]
+
+    def _append_from_cli(self, kind: str, body: dict):
+        return self.ledger.append_own(kind, body)
+
+    def _start_averager(self) -> None:
+        """Once the swarm id is known (the charter is here), so the averaging prefix names the swarm."""
+        o = self.options
         self.averager = node.start_averager(
             ExactAverager,
             [torch.zeros_like(self.theta)],
@@ -150,20 +190,6 @@ class Peer:
         )
         self.averager.set_state_provider(self._serve_state)
         self.announcer = Announcer(self.dht, o.swarm, self.member)
-        if not o.initial_peers and self.ledger.store.swarm_id is None:
-            self.ledger.found(
-                o.swarm,
-                training={
-                    "config": self.config.canonical_json().decode(),
-                    "hash": bytes.fromhex(self.config.config_hash()),
-                },
-                rules={"epoch_ms": o.epoch_ms, "admission": "open"},
-            )
-        self.ledger_service = LedgerService(
-            self.dht, self.ledger, protocol=f"koinon/ledger/{o.swarm}", theta=lambda: bytes.fromhex(self._theta_hex)
-        )
-        self.ledger_service.start()
-        return [str(m) for m in self.dht.get_visible_maddrs()]
 
     @property
     def swarm_id(self) -> str | None:
@@ -194,6 +220,16 @@ class Peer:
             raise SwarmError(f"the initial peers belong to swarm {self.swarm_id}, not {self.options.swarm_id}")
         charter = self.ledger.store.charter()
         self.ledger.epoch_ms = int(charter.body["rules"].get("epoch_ms", self.ledger.epoch_ms))
+        genesis = self.ledger.chain.final_governance(-1)
+        for problem in genesis.problems:
+            logger.warning("charter: %s", problem)
+        if genesis.config is not None and genesis.config != self.config:
+            logger.info(
+                "training with the swarm's configuration %s (flags such as --inner-steps only apply when founding)",
+                genesis.config.config_hash()[:12],
+            )
+        self._use_governance(-1, genesis)
+        self._start_averager()
         self._record("join", {"maddrs": [str(m) for m in self.dht.get_visible_maddrs()][:16]})
 
     def _thread_excepthook(self, args: threading.ExceptHookArgs) -> None:
@@ -215,6 +251,89 @@ class Peer:
             self.ledger_service.stop()
         node.shutdown(self.averager, self.dht)
         self.ledger.store.close()
+        self.home_lock.release()
+
+    # --- governance --------------------------------------------------------------------------------------------
+    def _final_count(self) -> int:
+        """How many cuts are final in our ledger (the governance state after the last one is the newest)."""
+        return len(self.ledger.chain.final_cuts())
+
+    def _use_governance(self, index: int, gov) -> None:
+        """Train from the next round under the governance state after final cut ``index`` (-1: the charter):
+        its configuration, its excluded members, its data sources. Every member of a round's group calls this
+        with the same index (chosen from the round's all-gather), so all switch at the same round."""
+        self.gov_index, self.gov = index, gov
+        if gov.config is not None and gov.config != self.config:
+            if self.config_known and index >= 0:
+                logger.info(
+                    "governance (final cut %d): configuration %s in force from round %d",
+                    index,
+                    gov.config.config_hash()[:12],
+                    self.round + 1,
+                )
+            self.config = gov.config
+            self.inner.set_config(gov.config)
+            self.outer.set_hyperparameters(gov.config.outer_lr, gov.config.outer_momentum)
+        self.config_known = True
+        allowed = [p for p, h in zip(self.data_paths, self.corpus.source_ids, strict=False) if gov.data_allowed(h)]
+        if self.options.data and len(allowed) != len(self.data_paths):
+            logger.info("governance: training only on the allowed data sources: %s", ", ".join(map(str, allowed)))
+            self.data_paths = allowed
+            if allowed:
+                self.corpus = Corpus.from_paths(allowed)
+        elif not self.options.data and self.corpus.source_ids and not gov.data_allowed(self.corpus.source_ids[0]):
+            self.data_paths = []
+        if not self.data_paths:
+            logger.warning(
+                "governance: none of this peer's data sources is allowed in this swarm; contributing nothing"
+            )
+
+    def _governance_after_round(self, gathered: dict[str, dict]) -> None:
+        """After round r's all-gather, every member of the group computes the same final cut count: the lower
+        median of the counts the canonical members reported, never below the one in force. That state takes
+        effect from round r + 2, one round later, so a member whose ledger is a little behind has a whole round
+        to fetch the cuts before it needs them. (The count agreed in round r - 1 takes effect now.)"""
+        pending, self.pending_gov = self.pending_gov, None
+        if pending is not None:
+            self._switch_governance(pending)
+        key = canonical_key(gathered)
+        members = [
+            v for v in gathered.values() if key is None or (v.get("state"), v.get("round"), v.get("config")) == key
+        ]
+        in_force = max((int(v["g"]) for v in members if isinstance(v.get("g"), int)), default=0)
+        seen = sorted(int(v["gov"]) for v in members if isinstance(v.get("gov"), int))
+        count = max(in_force, seen[(len(seen) - 1) // 2] if seen else 0)
+        if count > self.gov_index + 1:
+            self.pending_gov = count
+
+    def _switch_governance(self, count: int, timeout: float = 10.0) -> bool:
+        """Use the governance state after the first ``count`` final cuts (waiting a little for our ledger)."""
+        if count <= self.gov_index + 1:
+            return True
+        deadline = time.monotonic() + timeout
+        while self._final_count() < count and time.monotonic() < deadline and not self.stop_event.is_set():
+            self.ledger_service.kick.set()  # the others have it final: fetch their cuts
+            time.sleep(0.1)
+        gov = self.ledger.chain.final_governance(count - 1)
+        if gov is None:
+            logger.warning("round %d: our ledger lacks final cut %d that the group agreed on", self.round, count - 1)
+            return False
+        self._use_governance(count - 1, gov)
+        return True
+
+    def _gather(self, samples: int, pre_state: str) -> dict:
+        gov = self.gov
+        return dict(
+            member=self.member,
+            round=self.round,
+            state=pre_state,
+            samples=samples,
+            config=self.config.config_hash(),
+            compression=self.config.compression,
+            excluded=gov.excluded() if gov is not None else [],
+            gov=self._final_count(),
+            g=self.gov_index + 1,
+        )
 
     # --- DHT announcements -------------------------------------------------------------------------------------
     def _announce(self, **info: object) -> None:
@@ -227,9 +346,15 @@ class Peer:
     # --- state sharing -----------------------------------------------------------------------------------------
     def _serve_state(self) -> tuple[dict, list[torch.Tensor]]:
         with self._lock:
-            theta, momentum, r = self.theta.clone(), self.outer.buffer.clone(), self.round
+            theta, momentum, r, g = self.theta.clone(), self.outer.buffer.clone(), self.round, self.gov_index
+            pending = self.pending_gov
         meta = dict(
-            round=r, theta=theta_hash(theta), state=state_hash(r, theta, momentum), config=self.config.config_hash()
+            pending=pending,
+            round=r,
+            theta=theta_hash(theta),
+            state=state_hash(r, theta, momentum),
+            config=self.config.config_hash(),
+            gov=g,
         )
         return meta, [theta, momentum]
 
@@ -246,8 +371,9 @@ class Peer:
                     theta, momentum = (t.to(torch.float32).reshape(-1) for t in tensors)
                     if theta.shape != self.theta.shape or momentum.shape != self.theta.shape:
                         raise HashMismatch(f"peer {short_id(peer)} sent a state of the wrong shape")
-                    if theta_hash(theta) != meta.get("theta") or meta.get("config") != self.config.config_hash():
+                    if theta_hash(theta) != meta.get("theta"):
                         raise HashMismatch(f"state from {short_id(peer)} does not match the hash it announced")
+                    self._follow_governance_of(peer, meta)
                     with self._lock:
                         self.theta.copy_(theta)
                         self.outer.buffer = momentum.clone()
@@ -257,6 +383,20 @@ class Peer:
                     return True
             time.sleep(0.3)
         return False
+
+    def _follow_governance_of(self, peer: str, meta: dict) -> None:
+        """Adopting a peer's state means adopting the governance state it trains under (final cut ``gov``) and
+        the one its group agreed on for the round after next (``pending``)."""
+        g = meta.get("gov")
+        if isinstance(g, int) and g > self.gov_index:
+            self._switch_governance(g + 1)
+        pending = meta.get("pending")
+        self.pending_gov = pending if isinstance(pending, int) and pending > self.gov_index + 1 else None
+        if meta.get("config") != self.config.config_hash():
+            raise HashMismatch(
+                f"state from {short_id(peer)} was trained under configuration {str(meta.get('config'))[:12]}, "
+                f"which our ledger does not (yet) have in force"
+            )
 
     def _sync_from_best(self, exclude_round_below: int = 0) -> bool:
         peers = {m: v for m, v in self.live_peers().items() if m != self.member}
@@ -361,6 +501,7 @@ class Peer:
     def run_round(self, contribute: bool = True) -> None:
         c = self.config
         r = self.round + 1
+        self._round_gov = self.gov_index if self.gov_index >= 0 else None
         pre_state = state_hash(self.round, self.theta, self.outer.buffer)
         started = time.time()
         self._announce(
@@ -372,6 +513,12 @@ class Peer:
         )
         loss, samples = float("nan"), 0
         delta = torch.zeros_like(self.theta)
+        if self.gov is not None and self.member in self.gov.excluded():
+            if contribute:
+                logger.warning("round %d: this member is expelled by the swarm's governance; contributing nothing", r)
+            contribute = False
+        if not self.data_paths:
+            contribute = False
         if contribute:
             blocks = self.corpus.shard(self.member, r, self.last_group)
             seed = f"{self.member}|{r}".encode()
@@ -391,6 +538,7 @@ class Peer:
         gathered = self._average(r, delta, samples, pre_state)
         if self.stop_event.is_set():
             return
+        round_config = self.config  # the configuration this round trained under (a decision applies from the next)
         resynced = False
         if gathered is None:
             # no group at all (or every attempt failed): catch up from the most advanced live peer
@@ -404,12 +552,14 @@ class Peer:
         else:
             with self.averager.get_tensors() as (buffer,):
                 avg = buffer.clone()
-            canonical_state, canonical_round = choose_canonical(gathered)
-            in_sync = pre_state == canonical_state
+            canonical_state, canonical_round, canonical_config = canonical_key(gathered) or (pre_state, self.round, "")
+            decision = group_decision(gathered)
+            in_sync = pre_state == canonical_state and canonical_config in ("", self.config.config_hash())
             with self._lock:
                 self.outer.step(self.theta, avg)
                 self.round = r
             self.last_group = sorted(gathered)
+            self.last_contributors = sorted(decision.contributors) if decision is not None else sorted(gathered)
             if not in_sync:
                 donors = [m for m, v in gathered.items() if v["state"] == canonical_state and m != self.member]
                 logger.info("round %d: our state was not the group's; syncing from %s", r, short_id(donors[0]))
@@ -417,10 +567,20 @@ class Peer:
                     if self._adopt_state(donor, min_round=canonical_round + 1):
                         resynced = True
                         break
+            self._governance_after_round(gathered)
             return self._finish_round(
-                r, loss, gathered, started, group=self.last_group, in_sync=in_sync, resynced=resynced
+                r,
+                loss,
+                gathered,
+                started,
+                group=self.last_group,
+                in_sync=in_sync,
+                resynced=resynced,
+                config=round_config,
             )
-        return self._finish_round(r, loss, None, started, group=[], in_sync=False, resynced=resynced)
+        return self._finish_round(
+            r, loss, None, started, group=[], in_sync=False, resynced=resynced, config=round_config
+        )
 
     def _until_stopped(self, batches):
         for batch in batches:
@@ -449,7 +609,7 @@ class Peer:
             # still nobody: expect last round's companions anyway; if they really left, matchmaking fails within
             # the deadline and we catch up from whoever is ahead (a failed round is safe, a wrong solo round is not)
             behind = [{"member": m} for m in companions]
-        gather = dict(member=self.member, round=self.round, state=pre_state, samples=samples)
+        gather = self._gather(samples, pre_state)
         if not same_round and not behind:
             if samples == 0:
                 return None  # nothing of ours to apply alone (a late joiner's first round): catch up instead
@@ -493,13 +653,13 @@ class Peer:
             return None
         gathered: dict[str, dict] = {}
         for peer_id, info in result.items():
-            if isinstance(info, dict) and {"member", "round", "state", "samples"} <= set(info):
+            if isinstance(info, dict) and set(GATHER_KEYS) <= set(info):
                 gathered[peer_id.to_base58()] = info
         if self.member not in gathered:
             return None
         return gathered
 
-    def _finish_round(self, r, loss, gathered, started, group, in_sync, resynced) -> None:
+    def _finish_round(self, r, loss, gathered, started, group, in_sync, resynced, config) -> None:
         eval_loss = self.evaluate()
         theta = theta_hash(self.theta)
         sent = int(self.averager.bytes_sent.value)
@@ -510,9 +670,12 @@ class Peer:
                 "theta": bytes.fromhex(theta),
                 "prev_theta": bytes.fromhex(self._theta_hex),
                 "participants": sorted(group),
-                "samples": sum(int(v["samples"]) for v in (gathered or {}).values()),
+                "samples": sum(
+                    int(v["samples"]) for m, v in (gathered or {}).items() if m in set(self.last_contributors)
+                ),
                 "bytes": sent - self._bytes_recorded,
-                "config": bytes.fromhex(self.config.config_hash()),
+                "config": bytes.fromhex(config.config_hash()),
+                "gov": self._round_gov,
             },
         )
         self._theta_hex, self._bytes_recorded = theta, sent
@@ -531,7 +694,11 @@ class Peer:
             eval_loss=eval_loss,
             theta=theta,
             group=group,
+            contributors=self.last_contributors if gathered else [],
             peers=len(group),
+            config=config.config_hash(),
+            inner_steps=config.inner_steps,
+            gov=self._round_gov,
             in_sync=in_sync,
             resynced=resynced,
             tokens=self.tokens,

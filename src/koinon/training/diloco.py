@@ -35,6 +35,10 @@ class OuterOptimizer:
         self.momentum = torch.tensor(momentum, dtype=torch.float32)
         self.buffer = torch.zeros(size, dtype=torch.float32)  # b, shape (P,)
 
+    def set_hyperparameters(self, lr: float, momentum: float) -> None:
+        self.lr = torch.tensor(lr, dtype=torch.float32)
+        self.momentum = torch.tensor(momentum, dtype=torch.float32)
+
     @torch.no_grad()
     def step(self, theta: torch.Tensor, grad: torch.Tensor) -> None:
         """Update ``theta`` in place with the outer gradient ``grad`` (= Δ̄). Shapes: (P,)."""
@@ -67,6 +71,13 @@ class InnerTrainer:
             model.parameters(), lr=config.inner_lr, weight_decay=config.inner_weight_decay, betas=(0.9, 0.95)
         )
         self.steps_done = 0
+
+    def set_config(self, config: TrainingConfig) -> None:
+        """A new configuration from governance: the inner lr, warm-up and weight decay apply from the next step
+        (AdamW's moments are kept)."""
+        self.config = config
+        for group in self.optimizer.param_groups:
+            group["weight_decay"] = config.inner_weight_decay
 
     def _lr(self) -> float:
         warmup = self.config.inner_warmup

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from koinon import __version__
-from koinon.cli import ledger_cmds
+from koinon.cli import gov_cmds, ledger_cmds
 from koinon.cli.common import add_command, default_home
 from koinon.errors import KoinonError
 
@@ -59,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--model-size", default=None, choices=["tiny", "small", "base"], help="default tiny")
     sp.add_argument("--compression", default=None, choices=["fp16", "int8", "none"], help="default fp16")
     ledger_cmds.register(sub)
+    gov_cmds.register(sub)
     return p
 
 
@@ -94,7 +95,21 @@ def _add_peer_arguments(sp: argparse.ArgumentParser) -> None:
         metavar="MADDR",
         help="public addresses to tell others (behind NAT/port forwarding)",
     )
-    sp.add_argument("--swarm", default="koinon", help="swarm name: peers with another name never mix (default koinon)")
+    sp.add_argument(
+        "--swarm",
+        default="koinon",
+        metavar="NAME|ID",
+        help="swarm network name (peers with another name never mix; default koinon), or a swarm id (64 hex, "
+        "printed by `koinon init` and every peer): refuse to join a swarm whose charter has another id",
+    )
+    sp.add_argument(
+        "--charter",
+        type=Path,
+        default=None,
+        metavar="FILE.toml",
+        help="found a new swarm from this charter (when this home has no ledger and no --initial-peers are given; "
+        "`koinon init` does the same without starting); default: the example charter with the flags below",
+    )
     sp.add_argument(
         "--swarm-id",
         default=None,
@@ -151,6 +166,16 @@ def cmd_id(args: argparse.Namespace) -> int:
 def cmd_start(args: argparse.Namespace) -> int:
     from koinon.swarm.peer import Peer, PeerOptions
 
+    swarm_name, swarm_id = args.swarm, args.swarm_id
+    if len(args.swarm) == 64 and all(c in "0123456789abcdefABCDEF" for c in args.swarm):
+        swarm_name, swarm_id = "koinon", args.swarm.lower()
+    charter = None
+    if args.charter is not None:
+        from koinon.governance.charter import load_charter
+        from koinon.identity import Identity
+
+        identity, _ = Identity.load_or_create(args.home)
+        charter = load_charter(args.charter, identity.member_id)
     options = PeerOptions(
         home=args.home,
         data=args.data,
@@ -158,14 +183,15 @@ def cmd_start(args: argparse.Namespace) -> int:
         listen=args.listen,
         announce=args.announce,
         config=_training_config(args),
-        swarm=args.swarm,
+        swarm=swarm_name,
+        charter=charter,
         max_rounds=args.rounds,
         wait_for_peers=args.wait_for_peers,
         threads=args.threads,
         matchmaking_time=args.matchmaking_time,
         averaging_timeout=args.averaging_timeout,
         attack=args.attack,
-        swarm_id=args.swarm_id,
+        swarm_id=swarm_id,
     )
     peer = Peer(options)
 
@@ -213,7 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     if not verbose:
         for noisy in ("hivemind", "transformers", "matplotlib", "asyncio"):
             logging.getLogger(noisy).setLevel(logging.CRITICAL)
-    commands = {"id": cmd_id, "start": cmd_start, "demo": cmd_demo, **ledger_cmds.main_commands()}
+    commands = {
+        "id": cmd_id,
+        "start": cmd_start,
+        "demo": cmd_demo,
+        **ledger_cmds.main_commands(),
+        **gov_cmds.main_commands(),
+    }
     if args.command is None:
         _parser().print_help()
         return 2

@@ -1,0 +1,145 @@
+"""Governance in a live swarm: 3 real peers (separate processes on loopback) vote, and the decisions take effect.
+
+- a set-config proposal (H 10 → 20) passes and every peer trains with H = 20 from the same round, with identical θ;
+- an expel proposal passes and the expelled peer's contributions stop counting on the others.
+
+Proposals and votes reach each running peer through its outbox (``koinon.ledger.outbox``), as the CLI's do.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from koinon.governance.state import GovState
+from koinon.identity import Identity
+from koinon.ledger.node import LedgerNode
+from koinon.ledger.outbox import submit
+from koinon.ledger.store import LedgerStore
+from tests.integration.swarmkit import PeerProcess, wait_until
+
+pytestmark = pytest.mark.slow
+
+CHARTER = """
+name = "governance-test"
+[rules]
+epoch_ms = 500
+delay = 1
+window = 40
+timelock = 1
+quorum = "1/3"
+threshold = "1/2"
+[training]
+inner_steps = 10
+"""
+ARGS = ["--threads", "1", "--matchmaking-time", "1", "--averaging-timeout", "20"]
+
+
+def final_state(home: Path) -> GovState | None:
+    """The final governance state of a (running) peer's ledger, read from its SQLite file."""
+    store = LedgerStore(home / "ledger.sqlite")
+    try:
+        if store.swarm_id is None:
+            return None
+        identity, _ = Identity.load_or_create(home)
+        return LedgerNode(store, identity, lambda: int(time.time() * 1000)).chain.final_governance()
+    finally:
+        store.close()
+
+
+def no_direct(kind: str, body: dict) -> bytes:
+    raise AssertionError("the peer is running: the event must go through its outbox")
+
+
+def propose(home: Path, action: str, effect: dict, text: str) -> bytes:
+    event_id, via_peer = submit(home, "proposal", {"action": action, "effect": effect, "text": text}, no_direct)
+    assert via_peer
+    return event_id
+
+
+def vote_when_open(homes: list[Path], pid: bytes, choices: list[str], peers: list[PeerProcess]) -> None:
+    wait_until(
+        lambda: all(
+            (s := final_state(h)) is not None and pid in s.proposals and s.proposals[pid].state == "active"
+            for h in homes
+        ),
+        90,
+        "the proposal to open",
+        *peers,
+    )
+    for home, choice in zip(homes, choices, strict=True):
+        submit(home, "vote", {"proposal": pid, "choice": choice}, no_direct)
+
+
+def executed(home: Path, pid: bytes) -> bool:
+    s = final_state(home)
+    return s is not None and pid in s.proposals and s.proposals[pid].state == "executed"
+
+
+@pytest.fixture
+def swarm(tmp_path):
+    (tmp_path / "charter.toml").write_text(CHARTER)
+    founder = PeerProcess(
+        tmp_path / "peer-0", extra=[*ARGS, "--wait-for-peers", "3", "--charter", str(tmp_path / "charter.toml")]
+    )
+    boot = founder.maddrs()
+    peers = [founder] + [
+        PeerProcess(tmp_path / f"peer-{i}", boot, extra=[*ARGS, "--wait-for-peers", "3"]) for i in (1, 2)
+    ]
+    try:
+        wait_until(lambda: all(p.last_round() >= 2 for p in peers), 180, "3 peers to run 2 rounds", *peers)
+        yield peers
+    finally:
+        for p in peers:
+            if p.proc.poll() is None:
+                p.stop()
+
+
+def test_set_config_then_expel_take_effect_in_the_running_swarm(swarm):
+    peers = swarm
+    homes = [p.home for p in peers]
+
+    # --- set-config: H 10 → 20 ---------------------------------------------------------------------------------
+    pid = propose(homes[0], "set-config", {"changes": {"inner_steps": 20}}, "Longer rounds\n\nH = 20 saves bandwidth.")
+    vote_when_open(homes, pid, ["yes", "yes", "no"], peers)
+    wait_until(lambda: all(executed(h, pid) for h in homes), 120, "the set-config proposal to execute", *peers)
+    tally = final_state(homes[1]).proposals[pid].result
+    assert (tally.yes, tally.no, tally.abstain, tally.total) == (2, 1, 0, 3)
+    wait_until(
+        lambda: all(any(r.get("inner_steps") == 20 for r in p.metrics("round")) for p in peers),
+        120,
+        "every peer to train a round with H = 20",
+        *peers,
+    )
+    switch = []
+    for p in peers:
+        rounds = p.rounds()
+        first = min(r for r, rec in rounds.items() if rec.get("inner_steps") == 20)
+        assert all(rec["inner_steps"] == 10 for r, rec in rounds.items() if r < first)
+        assert all(rec["inner_steps"] == 20 for r, rec in rounds.items() if r > first)
+        switch.append(first)
+    assert len(set(switch)) == 1, f"peers switched to H = 20 at different rounds: {switch}"
+    a, b, c = (p.rounds() for p in peers)
+    for r in sorted(set(a) & set(b) & set(c)):
+        assert a[r]["theta"] == b[r]["theta"] == c[r]["theta"], f"round {r}: θ differs"
+        assert a[r]["config"] == b[r]["config"] == c[r]["config"], f"round {r}: configuration differs"
+
+    # --- expel peer 2 ------------------------------------------------------------------------------------------
+    target = peers[2].metrics("start")[0]["member"]
+    pid = propose(homes[0], "expel", {"member": target}, "Expel peer 2")
+    vote_when_open(homes[:2], pid, ["yes", "yes"], peers)
+    wait_until(lambda: executed(homes[0], pid) and executed(homes[1], pid), 120, "the expel to execute", *peers)
+    executed_at = max(p.last_round() for p in peers[:2])
+    wait_until(
+        lambda: all(p.last_round() >= executed_at + 4 for p in peers[:2]), 120, "4 more rounds after the expel", *peers
+    )
+    for p in peers[:2]:
+        later = [rec for r, rec in p.rounds().items() if r >= executed_at + 3]
+        assert later and all(target not in rec["contributors"] for rec in later), "the expelled peer still counts"
+        assert all(len(rec["contributors"]) >= 1 for rec in later)
+    a, b = peers[0].rounds(), peers[1].rounds()
+    for r in sorted(set(a) & set(b)):
+        assert a[r]["theta"] == b[r]["theta"], f"round {r}: θ differs after the expel"
+    assert "expelled by the swarm's governance" in (peers[2].home / "peer.log").read_text()

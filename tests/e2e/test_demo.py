@@ -24,7 +24,7 @@ def test_demo_trains_and_summarises(tmp_path):
             "--peers",
             "3",
             "--minutes",
-            "0.5",
+            "1",
             "--inner-steps",
             "10",
             "--workdir",
@@ -51,3 +51,13 @@ def test_demo_trains_and_summarises(tmp_path):
     assert s["checkpoint"] and s["checkpoint"].endswith(".safetensors")
     assert "identical on all 3 peers" in out.stdout
     assert not p2pd_pids(under=tmp_path), "the demo left p2pd processes behind"
+    # the demo governs itself: peer-1 proposed H 10 → 5, the vote passed 2 to 1, every peer switched at one round
+    (decision,) = s["decisions"]
+    assert decision["action"] == "set-config" and decision["effect"] == {"inner_steps": 5}
+    assert decision["state"] == "executed", decision
+    t = decision["tally"]
+    assert (t["yes"], t["no"], t["abstain"], t["total"]) == (2, 1, 0, 3)
+    rounds = decision["effective_round"]
+    assert set(rounds) == {"peer-0", "peer-1", "peer-2"} and len(set(rounds.values())) == 1, rounds
+    assert next(iter(rounds.values())) is not None
+    assert "on every peer" in out.stdout

@@ -1,5 +1,11 @@
 """``koinon demo``: a local swarm of separate peer processes on 127.0.0.1, live progress, and an end summary.
 
+The swarm is founded from the example charter (src/koinon/governance/example_charter.toml) and governs itself
+during the run: once every peer has trained two rounds, peer-1 proposes halving H (a set-config proposal); when
+the vote opens, every peer votes yes except the last one (no), and the summary shows the proposal, its tally and
+the round from which every peer trained with the new H. Proposals and votes reach the running peers through
+their outboxes, exactly as ``koinon propose`` and ``koinon vote`` do.
+
 Each peer is ``python -m koinon start`` in its own process group (so a stop never leaves hivemind children or
 p2pd behind) with its home under ``WORKDIR/peer-<i>``. Progress comes from each peer's ``metrics.jsonl``.
 When the time is up the demo writes ``STOP_AFTER`` (the next round) into every home, so all peers finish the
@@ -95,9 +101,99 @@ class LocalPeer:
         (self.home / "STOP_AFTER").write_text(f"{round_no}\n")
 
 
+def _no_direct_append(kind: str, body: dict) -> bytes:
+    raise SwarmError("the demo peer is not running: it cannot take a governance event")
+
+
+class ScriptedGovernance:
+    """The demo's governance script: propose H → H/2 from peer-1, then everybody votes when the window opens."""
+
+    def __init__(self, peers: list[LocalPeer], inner_steps: int) -> None:
+        self.peers = peers
+        self.new_h = max(1, inner_steps // 2)
+        self.proposer = peers[1] if len(peers) > 1 else peers[0]
+        self.choices = {p.index: ("no" if len(peers) >= 3 and p is peers[-1] else "yes") for p in peers}
+        self.proposal: bytes | None = None
+        self.stage = "waiting for two rounds"
+        self.error: str | None = None
+        self._next_check = 0.0
+
+    def step(self) -> None:
+        from koinon.ledger.outbox import submit
+
+        if self.stage == "done" or time.monotonic() < self._next_check:
+            return
+        self._next_check = time.monotonic() + 2.0
+        try:
+            if self.proposal is None:
+                rounds = [[r for r in read_metrics(p.home) if r.get("event") == "round"] for p in self.peers]
+                if all(len(r) >= 2 for r in rounds):
+                    body = {
+                        "action": "set-config",
+                        "effect": {"changes": {"inner_steps": self.new_h}},
+                        "text": f"Shorter rounds: H = {self.new_h}\n\nAverage twice as often, for fresher updates.",
+                    }
+                    self.proposal, _ = submit(self.proposer.home, "proposal", body, _no_direct_append, timeout=20)
+                    self.stage = "proposed, waiting for the vote to open"
+            elif self.stage.startswith("proposed"):
+                from koinon.cli.gov_cmds import open_view
+
+                with open_view(self.peers[0].home) as view:
+                    p = view.state.proposals.get(self.proposal)
+                    state = p.state if p else None
+                if state == "active":
+                    for peer in self.peers:
+                        body = {"proposal": self.proposal, "choice": self.choices[peer.index]}
+                        submit(peer.home, "vote", body, _no_direct_append, timeout=20)
+                    self.stage = "done"
+                elif state is not None and state != "pending":
+                    self.stage, self.error = "done", f"the proposal is {state} before anyone voted"
+        except Exception as e:  # the demo goes on training; the summary says what happened
+            self.stage, self.error = "done", f"{type(e).__name__}: {e}"
+
+    def summary(self) -> list[dict]:
+        """The decisions of the run, read from peer-0's ledger, with the round each peer applied them from."""
+        if self.proposal is None:
+            return []
+        from koinon.cli.gov_cmds import open_view, proposal_dict
+
+        out = {"id": self.proposal.hex(), "proposer": f"peer-{self.proposer.index}", "error": self.error}
+        try:
+            with open_view(self.peers[0].home) as view:
+                p = view.state.proposals.get(self.proposal)
+                if p is not None:
+                    d = proposal_dict(view, p)
+                    out.update(
+                        action=d["action"],
+                        title=d["title"],
+                        effect={"inner_steps": self.new_h},
+                        state=d["state"],
+                        reason=d["reason"],
+                        tally=d["tally"],
+                        history=d["history"],
+                        quorum=d["quorum"],
+                        threshold=d["threshold"],
+                    )
+                else:
+                    out.update(state="not in a final cut yet")
+        except Exception as e:
+            out.update(state="unknown", reason=str(e))
+        out["votes"] = (
+            {f"peer-{i}": c for i, c in self.choices.items()} if self.stage == "done" and not self.error else {}
+        )
+        effective = {}
+        for peer in self.peers:
+            rows = [r for r in read_metrics(peer.home) if r.get("event") == "round"]
+            effective[f"peer-{peer.index}"] = min(
+                (r["round"] for r in rows if r.get("inner_steps") == self.new_h), default=None
+            )
+        out["effective_round"] = effective
+        return [out]
+
+
 def _table(peers: list[LocalPeer], elapsed: float, total: float) -> Table:
     t = Table(title=f"Koinon demo — {elapsed:5.0f} s of {total:.0f} s", title_justify="left")
-    for col in ("peer", "member", "round", "loss", "eval loss", "group", "sent", "θ hash", "state"):
+    for col in ("peer", "member", "round", "H", "loss", "eval loss", "group", "sent", "θ hash", "state"):
         t.add_column(col, justify="right" if col not in ("member", "θ hash", "state", "peer") else "left")
     for p in peers:
         rows = read_metrics(p.home)
@@ -111,6 +207,7 @@ def _table(peers: list[LocalPeer], elapsed: float, total: float) -> Table:
                 member,
                 "-",
                 "-",
+                "-",
                 f"{start.get('eval_loss', float('nan')):.3f}" if start else "-",
                 "-",
                 "-",
@@ -122,6 +219,7 @@ def _table(peers: list[LocalPeer], elapsed: float, total: float) -> Table:
                 f"peer-{p.index}",
                 member,
                 str(last["round"]),
+                str(last.get("inner_steps", "-")),
                 f"{last['loss']:.3f}",
                 f"{last['eval_loss']:.3f}",
                 str(last["peers"]),
@@ -234,6 +332,30 @@ def _print_summary(s: dict) -> None:
     console.print(f"loss plot     {s['loss_plot']}")
     console.print(f"checkpoint    {s['checkpoint']}")
     console.print(f"peer homes    {s['workdir']}/peer-*  (logs: peer.log, metrics: metrics.jsonl)")
+    for d in s.get("decisions", []):
+        console.rule("[bold]Governance (the swarm decided during the run)")
+        console.print(f"proposal      {d['id'][:16]}… by {d['proposer']}: {d.get('title', '')}")
+        t = d.get("tally")
+        if t:
+            console.print(
+                f"tally         yes {t['yes']} · no {t['no']} · abstain {t['abstain']} of {t['total']} "
+                f"(quorum {d['quorum'][0]}/{d['quorum'][1]}, threshold {d['threshold'][0]}/{d['threshold'][1]}); "
+                f"votes {', '.join(f'{k} {v}' for k, v in d['votes'].items()) or '-'}"
+            )
+        console.print(f"state         {d['state']}: {d.get('reason', '')}")
+        rounds = d["effective_round"]
+        if all(v is not None for v in rounds.values()) and len(set(rounds.values())) == 1:
+            console.print(
+                f"in force      H = {d['effect']['inner_steps']} from round {next(iter(rounds.values()))} "
+                f"[green]on every peer[/green]"
+            )
+        else:
+            console.print(
+                "in force      "
+                + ", ".join(f"{k}: {'round ' + str(v) if v is not None else 'not yet'}" for k, v in rounds.items())
+            )
+        if d.get("error"):
+            console.print(f"[yellow]note[/yellow]          {d['error']}")
     ledger = s["ledger"]
     console.rule(f"[bold]Ledger audit of peer-0 (koinon audit --home {ledger['home']})")
     if ledger["ok"]:
@@ -265,6 +387,7 @@ def run_demo(args: argparse.Namespace) -> int:
         f"[bold]Koinon demo[/bold]: {args.peers} peers on 127.0.0.1 for {args.minutes:g} min; peer homes in {workdir}"
     )
     peers = [LocalPeer(i, workdir / f"peer-{i}", extra) for i in range(args.peers)]
+    governance = ScriptedGovernance(peers, args.inner_steps or 50)
     total = args.minutes * 60
     try:
         peers[0].start([], args.peers, threads)
@@ -276,6 +399,7 @@ def run_demo(args: argparse.Namespace) -> int:
         with Live(_table(peers, 0, total), console=console, refresh_per_second=2) as live:
             while time.monotonic() - t0 < total and any(p.alive() for p in peers):
                 time.sleep(1)
+                governance.step()
                 live.update(_table(peers, time.monotonic() - t0, total))
             # time is up: everybody finishes the next round, then leaves
             last = max(
@@ -300,6 +424,7 @@ def run_demo(args: argparse.Namespace) -> int:
             if p.proc is not None:
                 p.proc.wait()
     summary = summarize(peers, workdir)
+    summary["decisions"] = governance.summary()
     summary["ledger"] = _audit(peers[0].home)
     _print_summary(summary)
     if args.summary_json:

@@ -150,7 +150,6 @@ class Peer:
             charter = o.charter or charter_from_toml(default_charter_text(), self.member)
             if o.charter is None:  # `koinon start` flags set the founding configuration
                 charter["training"] = training_body(self.config)
-                charter["rules"]["epoch_ms"] = o.epoch_ms
             self.ledger.found(
                 charter["name"] if o.charter else o.swarm,
                 training=charter["training"],

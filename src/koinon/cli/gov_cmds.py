@@ -634,10 +634,9 @@ def _not_final(v: View, event) -> bool:
     return any(e.id == event.id for e in v.unfinal)
 
 
-def _ignored_reason() -> str:
-    return (
-        "its proposer was not a member, or its effect could not apply to the state when a cut included it "
-        "(the peer's log names the reason)"
+def _ignored_reason(v: View, event_id: bytes) -> str:
+    return v.state.ignored_proposals.get(
+        event_id, "its proposer was not a member, or its effect could not apply when a cut included it"
     )
 
 
@@ -655,7 +654,7 @@ def cmd_vote(args: argparse.Namespace) -> int:
                     f"ignored); its voting opens at cut #{v.next_cut + v.state.rules.delay} at the earliest "
                     f"(the last final cut is #{v.final}); try again then"
                 )
-            raise GovernanceError(f"proposal {short} was ignored by every peer: {_ignored_reason()}")
+            raise GovernanceError(f"proposal {short} was ignored by every peer: {_ignored_reason(v, event.id)}")
         short = p.id.hex()[:12]
         if p.state in ("cancelled",):
             raise GovernanceError(f"proposal {short} was cancelled by its proposer; there is nothing to vote on")
@@ -776,7 +775,7 @@ def _event_dict(v: View, e) -> dict:
         "effect": b["effect"],
         "proposer": e.author,
         "state": "not final" if not_final else "ignored",
-        "reason": "not in a final cut yet" if not_final else _ignored_reason(),
+        "reason": "not in a final cut yet" if not_final else _ignored_reason(v, e.id),
         "final": not not_final,
     }
 

@@ -122,6 +122,7 @@ class GovState:
         self.releases: dict[str, dict] = {}
         self.resolutions: list[dict] = []
         self.proposals: dict[bytes, Proposal] = {}
+        self.ignored_proposals: dict[bytes, str] = {}  # proposal events the state refused, with the reason
         self.decisions: list[dict] = []  # executed proposals, in order: {cut, id, action, applied}
         self.config_history: list[tuple[int, str, bytes | None]] = (
             [(-1, self.config.config_hash(), None)] if self.config else []
@@ -142,6 +143,7 @@ class GovState:
         new.resolutions, new.decisions = list(self.resolutions), list(self.decisions)
         new.config_history, new.problems = list(self.config_history), list(self.problems)
         new.proposals = dict(self.proposals)
+        new.ignored_proposals = dict(self.ignored_proposals)
         for pid in self._live:  # terminal proposals never change again, so they are shared
             new.proposals[pid] = self.proposals[pid].clone()
         new._live = list(self._live)
@@ -191,6 +193,8 @@ class GovState:
                 self._apply_event(index, e)
             except GovernanceError as err:
                 logger.info("cut %d: %s ignored: %s", index, e.short(), err)
+                if e.kind == "proposal" and len(self.ignored_proposals) < 10_000:
+                    self.ignored_proposals[e.id] = f"ignored at cut {index}: {err}"
         for pid in list(self._live):
             p = self.proposals[pid]
             if p.state == "active" and p.close == index:

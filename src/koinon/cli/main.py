@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -228,9 +229,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     verbose = bool(getattr(args, "verbose", False))
-    from koinon.swarm.node import quiet_hivemind
+    if args.command in ("start", "demo"):  # importing hivemind takes 1–7 s: only the commands that run peers
+        from koinon.swarm.node import quiet_hivemind
 
-    quiet_hivemind(verbose)
+        quiet_hivemind(verbose)
+    else:
+        os.environ.setdefault("HIVEMIND_LOGLEVEL", "INFO" if verbose else "CRITICAL")
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(name)s %(message)s" if verbose else "%(message)s",

@@ -65,6 +65,9 @@ class AuditReport:
     cuts: dict[str, int] = field(default_factory=dict)  # proposed, checked, notarized, final
     excluded: int = 0  # events of equivocators refused after their equivocation
     lineage_breaks: list[dict] = field(default_factory=list)  # round events whose θ before no earlier round made
+    # the governance state after the last final cut: proposals by state, decisions, the configuration in force,
+    # and final round events whose configuration hash is not the one in force at the cut they name
+    governance: dict = field(default_factory=dict)
 
     def summary(self) -> str:
         def tail(member: str) -> str:
@@ -117,6 +120,21 @@ class AuditReport:
                 )
         elif numbers:
             lines.append("θ lineage     unbroken: every round starts from a θ an earlier round produced")
+        g = self.governance
+        if g:
+            states = ", ".join(f"{k} {n}" for k, n in sorted(g["proposals"].items())) or "none"
+            lines.append(
+                f"governance    proposals: {states}; {len(g['decisions'])} decision(s) executed; "
+                f"configuration in force {str(g['config'])[:16]}…"
+            )
+            if g["config_mismatches"]:
+                for m in g["config_mismatches"]:
+                    lines.append(
+                        f"              round {m['round']} by {tail(m['author'])} claims configuration "
+                        f"{m['claimed'][:12]}… but cut #{m['gov']} has {str(m['in_force'])[:12]}… in force"
+                    )
+            elif numbers:
+                lines.append("              every final round trained under the configuration in force at its cut")
         return "\n".join(lines)
 
 
@@ -429,6 +447,7 @@ def audit(
                 breaks.append(entry)
             produced.add(e.body["theta"])
     notarized = sum(1 for c in chain.cuts if chain.notarized(c))
+    governance = _governance(chain, [by_id[i] for i in ids])
     members = chain.members(last.id if last else GENESIS) or frozenset()
     return AuditReport(
         swarm=swarm.hex(),
@@ -454,4 +473,36 @@ def audit(
         cuts={"proposed": len(chain.cuts), "checked": checked, "notarized": notarized, "final": len(final)},
         excluded=excluded,
         lineage_breaks=breaks,
+        governance=governance,
     )
+
+
+def _governance(chain: Chain, final_events: list) -> dict:
+    """The final governance state, and every final round event checked against the configuration in force at the
+    final cut it names (``gov``; null: the charter's)."""
+    state = chain.final_governance()
+    if state is None:
+        return {}
+    mismatches = []
+    for e in final_events:
+        if e.kind != "round":
+            continue
+        g = e.body.get("gov")
+        at = chain.final_governance(-1 if g is None else int(g))
+        in_force = at.config_hash() if at is not None else None
+        if at is not None and in_force is not None and in_force != e.body["config"].hex():
+            mismatches.append(
+                {
+                    "round": int(e.body["round"]),
+                    "author": e.author,
+                    "gov": g,
+                    "claimed": e.body["config"].hex(),
+                    "in_force": in_force,
+                }
+            )
+    return {
+        "proposals": dict(Counter(p.state for p in state.proposals.values())),
+        "decisions": list(state.decisions),
+        "config": state.config_hash(),
+        "config_mismatches": mismatches,
+    }

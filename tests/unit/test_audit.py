@@ -75,7 +75,9 @@ class Swarm:
         return next(n.identity for n in self.nodes if n.me == member_id)
 
 
-def build_swarm(home: Path | None = None, rounds: int = 4) -> Swarm:
+def build_swarm(
+    home: Path | None = None, rounds: int = 4, training: dict | None = None, config: bytes = b"\x01" * 32
+) -> Swarm:
     """Member 0 founds (its store is ``home/ledger.sqlite`` if given), 1 and 2 join; ``rounds`` rounds, each
     recorded by all three, with ticks and syncs until the cuts covering them are final."""
     clock = FakeClock()
@@ -88,7 +90,7 @@ def build_swarm(home: Path | None = None, rounds: int = 4) -> Swarm:
         nodes.append(LedgerNode(store, identity(i, home if i == 0 else None), clock, epoch_ms=EPOCH_MS))
     swarm = Swarm(nodes, clock)
     a, b, c = nodes
-    a.found("audit-test", {"model": "tiny"}, {"epoch_ms": EPOCH_MS})
+    a.found("audit-test", training or {"model": "tiny"}, {"epoch_ms": EPOCH_MS})
     swarm.sync()
     b.append_own("join", {"maddrs": ["/ip4/127.0.0.1/tcp/31337"]})
     c.append_own("join", {"maddrs": []})
@@ -103,7 +105,7 @@ def build_swarm(home: Path | None = None, rounds: int = 4) -> Swarm:
                 "participants": sorted(m.me for m in nodes),
                 "samples": 64,
                 "bytes": 1000,
-                "config": b"\x01" * 32,
+                "config": config,
                 "gov": None,
             }
             n.append_own("round", body)
@@ -680,3 +682,22 @@ def test_cli_without_a_ledger_says_where_it_looked(tmp_path: Path, capsys) -> No
         code, _, err = cli(capsys, *argv, "--home", tmp_path / "empty")
         assert code == 2 and "no ledger at" in err and err.count("\n") == 1, argv
     assert not (tmp_path / "empty").exists()  # reading never creates a ledger
+
+
+def test_audit_checks_each_round_against_the_configuration_in_force():
+    from koinon.config import TrainingConfig
+    from koinon.governance.charter import training_body
+
+    config = TrainingConfig(inner_steps=7)
+    honest = build_swarm(rounds=2, training=training_body(config), config=bytes.fromhex(config.config_hash()))
+    report = audit(export_wires(honest.nodes[0].store))
+    assert report.governance["config"] == config.config_hash()
+    assert report.governance["config_mismatches"] == []
+    assert "every final round trained under the configuration in force" in report.summary()
+
+    lying = build_swarm(rounds=2, training=training_body(config), config=b"\x01" * 32)
+    report = audit(export_wires(lying.nodes[0].store))
+    bad = report.governance["config_mismatches"]
+    assert bad and {m["round"] for m in bad} <= {1, 2} and all(m["claimed"] == "01" * 32 for m in bad)
+    assert all(m["in_force"] == config.config_hash() for m in bad)
+    assert "claims configuration 010101010101" in report.summary()

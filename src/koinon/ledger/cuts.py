@@ -96,6 +96,9 @@ class Chain:
         self.cuts: dict[bytes, CutInfo] = {}
         self.cosigners: dict[bytes, set[str]] = {}
         self._gov: dict[bytes, object] = {}  # cut id → GovState after it (koinon.governance.state)
+        # a long-running peer keeps the states of the newest ``keep_states`` heights only (older ones are
+        # recomputed from genesis if ever asked for); None keeps all (the audit, tests)
+        self.keep_states: int | None = None
         self._children: dict[bytes, list[bytes]] = {}
         # per cut: the events it adds to its parent's log (ids, in order) and the log's compact range after it
         self._added: dict[bytes, list[bytes]] = {}
@@ -172,7 +175,12 @@ class Chain:
             state = state.copy()
             state.apply_cut(int(self.cuts[cid].event.body["index"]), [self.store.get(i) for i in self._added[cid]])
             self._gov[cid] = state
-        return self._gov[cut_id]
+        result = self._gov[cut_id]
+        if self.keep_states is not None and len(self._gov) > 2 * self.keep_states:
+            top = max(self.cuts[c].height for c in self._gov if c != GENESIS)
+            for c in [c for c in self._gov if c != GENESIS and self.cuts[c].height < top - self.keep_states]:
+                del self._gov[c]
+        return result
 
     def final_governance(self, index: int | None = None):
         """The governance state after the final cut with this ``index`` (None: the last final cut; -1: the

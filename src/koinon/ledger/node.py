@@ -56,6 +56,7 @@ class LedgerNode:
         self.clock_ms = clock_ms
         self.epoch_ms = epoch_ms
         self.chain = Chain(store)
+        self.chain.keep_states = 1024  # governance states per cut: the newest heights only (memory stays bounded)
         self.rejects: dict[str, deque[int]] = defaultdict(deque)
         self.reject_reasons: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self._lock = threading.RLock()

@@ -27,6 +27,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/ledger_bench.py
+	$(BIN)/python bench/gov_bench.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

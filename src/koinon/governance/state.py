@@ -175,7 +175,10 @@ class GovState:
         change of membership, credit or delegations (so 1,000 proposals over 10,000 members stay cheap)."""
         key = self._version
         if self._snap_key != key:
-            weights = {m: self.weight(m) for m in self.members}
+            if self.rules.weight == "member":  # weight() is 1 for every member: no call per member (10,000 of them)
+                weights = dict.fromkeys(self.members, 1)
+            else:
+                weights = {m: self.weight(m) for m in self.members}
             delegations = {m: d for m, d in self.delegations.items() if m in self.members}
             self._snap, self._snap_key = (weights, sum(weights.values()), delegations), key
         return self._snap
@@ -286,6 +289,10 @@ class GovState:
             raise GovernanceError(f"vote on an unknown proposal {pid.hex()[:12]}…")
         if p.state in TERMINAL:  # shared with earlier states (copy() clones live ones only): write to our own copy
             p = self.proposals[pid] = p.clone()
+        if p.state == "active" and e.author in p.weights:  # the common case, without the checks' closure below
+            p.votes.pop(e.author, None)  # re-insert: the dict keeps the order of each member's latest vote
+            p.votes[e.author] = (choice, e.id)
+            return
 
         def ignore(reason: str) -> None:
             if len(p.ignored) < MAX_IGNORED:

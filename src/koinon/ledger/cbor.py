@@ -20,6 +20,9 @@ from typing import Union
 Value = Union[int, bytes, str, bool, None, list["Value"], dict[str, "Value"]]  # noqa: UP007 (recursive alias)
 
 MAX_DEPTH = 16
+_SIMPLE = {20: False, 21: True, 22: None}
+_ARG_SIZES = {24: 1, 25: 2, 26: 4, 27: 8}  # additional info → bytes of the argument
+_MINIMAL = {1: 24, 2: 1 << 8, 4: 1 << 16, 8: 1 << 32}  # smallest argument each size may carry (shortest form)
 
 
 class NonCanonical(ValueError):
@@ -80,7 +83,7 @@ def _encode(value: Value, out: bytearray, depth: int) -> None:
 def decode(data: bytes) -> Value:
     """Decode canonical bytes; raise :class:`NonCanonical` for anything else (never another exception)."""
     try:
-        value, end = _decode(memoryview(bytes(data)), 0, 0)
+        value, end = _decode(bytes(data), 0, 0)  # bytes, not a memoryview: indexing and slicing are cheaper
     except NonCanonical:
         raise
     except (IndexError, ValueError, UnicodeDecodeError, RecursionError) as e:
@@ -90,23 +93,24 @@ def decode(data: bytes) -> Value:
     return value
 
 
-def _read_arg(buf: memoryview, pos: int, info: int) -> tuple[int, int]:
+def _read_arg(buf: bytes, pos: int, info: int) -> tuple[int, int]:
     if info < 24:
         return info, pos
-    sizes = {24: 1, 25: 2, 26: 4, 27: 8}
-    if info not in sizes:
+    size = _ARG_SIZES.get(info)
+    if size is None:
         raise NonCanonical(f"indefinite length or reserved additional info {info}")
-    size = sizes[info]
     if pos + size > len(buf):
         raise NonCanonical("truncated argument")
     arg = int.from_bytes(buf[pos : pos + size], "big")
-    minimal = 24 if size == 1 else 1 << (8 * (size // 2))
-    if arg < minimal:
+    if arg < _MINIMAL[size]:
         raise NonCanonical("integer or length not in its shortest form")
     return arg, pos + size
 
 
-def _decode(buf: memoryview, pos: int, depth: int) -> tuple[Value, int]:
+# _decode is the ledger's hottest function (every event read is decoded: ~25 items each). The inline fast paths
+# below accept exactly what the general path accepts, with the same checks in the same order, and fall back to
+# it for anything else, so values and errors are the same (bench/gov_bench.py; tests/unit/test_ledger_input.py).
+def _decode(buf: bytes, pos: int, depth: int) -> tuple[Value, int]:
     if depth > MAX_DEPTH:
         raise NonCanonical(f"nesting deeper than {MAX_DEPTH}")
     if pos >= len(buf):
@@ -115,43 +119,68 @@ def _decode(buf: memoryview, pos: int, depth: int) -> tuple[Value, int]:
     major, info = initial >> 5, initial & 0x1F
     pos += 1
     if major == 7:
-        simple = {20: False, 21: True, 22: None}
-        if info not in simple:
+        if info not in _SIMPLE:
             raise NonCanonical(f"floats and simple value {info} are not allowed")
-        return simple[info], pos
+        return _SIMPLE[info], pos
     if major == 6:
         raise NonCanonical("tags are not allowed")
-    arg, pos = _read_arg(buf, pos, info)
+    if info < 24:
+        arg = info
+    elif info == 24:  # _read_arg's one-byte case inline (lengths 24..255: ids, hashes, signatures, member ids)
+        if pos + 1 > len(buf):
+            raise NonCanonical("truncated argument")
+        arg = buf[pos]
+        if arg < 24:
+            raise NonCanonical("integer or length not in its shortest form")
+        pos += 1
+    else:
+        arg, pos = _read_arg(buf, pos, info)
     if major == 0:
         return arg, pos
     if major == 1:
         return -1 - arg, pos
-    if major in (2, 3):
-        if pos + arg > len(buf):
+    if major == 2 or major == 3:
+        end = pos + arg
+        if end > len(buf):
             raise NonCanonical("truncated string")
-        raw = bytes(buf[pos : pos + arg])
-        return (raw if major == 2 else raw.decode("utf-8")), pos + arg
+        return (buf[pos:end] if major == 2 else buf[pos:end].decode("utf-8")), end
+    n = len(buf)
+    depth += 1  # of the items
     if major == 4:
-        if arg > len(buf) - pos:
+        if arg > n - pos:
             raise NonCanonical("array longer than the input")
-        items = []
+        items: list[Value] = []
         for _ in range(arg):
-            item, pos = _decode(buf, pos, depth + 1)
+            # fast path: a byte string of 24..255 bytes (the event ids in parents)
+            if depth <= MAX_DEPTH and pos + 1 < n and buf[pos] == 0x58 and buf[pos + 1] >= 24:
+                end = pos + 2 + buf[pos + 1]
+                if end <= n:
+                    items.append(buf[pos + 2 : end])
+                    pos = end
+                    continue
+            item, pos = _decode(buf, pos, depth)
             items.append(item)
         return items, pos
     # major == 5: map with text keys in canonical order
-    if arg > (len(buf) - pos) // 2:
+    if arg > (n - pos) // 2:
         raise NonCanonical("map longer than the input")
     result: dict[str, Value] = {}
     previous = b""
+    key: Value
     for index in range(arg):
         key_start = pos
-        key, pos = _decode(buf, pos, depth + 1)
-        if not isinstance(key, str):
-            raise NonCanonical("map keys must be text strings")
-        key_bytes = bytes(buf[key_start:pos])
+        # fast path: a text key of at most 23 bytes (every key Koinon writes)
+        if depth <= MAX_DEPTH and pos < n and 0x60 <= buf[pos] < 0x78 and pos + 1 + buf[pos] - 0x60 <= n:
+            pos += 1 + buf[pos] - 0x60
+            key_bytes = buf[key_start:pos]
+            key = key_bytes[1:].decode("utf-8")
+        else:
+            key, pos = _decode(buf, pos, depth)
+            if not isinstance(key, str):
+                raise NonCanonical("map keys must be text strings")
+            key_bytes = buf[key_start:pos]
         if index and (len(key_bytes), key_bytes) <= (len(previous), previous):
             raise NonCanonical(f"map key {key!r} is duplicated or out of canonical order")
         previous = key_bytes
-        result[key], pos = _decode(buf, pos, depth + 1)
+        result[key], pos = _decode(buf, pos, depth)
     return result, pos

@@ -36,7 +36,6 @@ import json
 import os
 import platform
 import pstats
-import shlex
 import statistics
 import sys
 import tempfile
@@ -52,6 +51,7 @@ from koinon.governance.state import GovState
 from koinon.governance.tally import Tally
 from koinon.ledger.event import Event
 from koinon.ledger.store import LedgerStore
+from ledger_bench import command_line
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -375,15 +375,6 @@ def markdown(r: dict) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def command_line() -> str:
-    python = sys.executable
-    try:
-        python = os.path.relpath(python, REPO) if Path(python).is_relative_to(REPO) else python
-    except ValueError:
-        pass
-    return shlex.join([python, os.path.relpath(Path(sys.argv[0]).resolve(), REPO), *sys.argv[1:]])
 
 
 def ledger_file(p: Params, cache_dir: Path | None, tmp: Path) -> tuple[Path, dict, bool, float]:

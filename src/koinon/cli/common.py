@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
+
+from koinon.errors import KoinonError
 
 
 def default_home() -> Path:
@@ -25,3 +29,22 @@ def add_command(sub, name: str, help_text: str, epilog: str | None) -> argparse.
         "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="show detailed logs and tracebacks"
     )
     return sp
+
+
+def run_standalone(register, commands: Callable[[], dict], argv: list[str] | None = None) -> int:
+    """A ``koinon`` with only one module's commands (``register(sub)``, ``commands()`` → {name: handler}), with the
+    same error handling as ``koinon.cli.main.main``: tests call it in-process."""
+    parser = argparse.ArgumentParser(prog="koinon", formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="show detailed logs and tracebacks")
+    register(parser.add_subparsers(dest="command", metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return commands()[args.command](args)
+    except KoinonError as e:
+        if getattr(args, "verbose", False):
+            raise
+        print(f"koinon: error: {e}", file=sys.stderr)
+        return 2

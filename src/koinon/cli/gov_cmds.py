@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,8 +27,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from koinon.cli.common import add_command, default_home
-from koinon.errors import ConfigError, GovernanceError, KoinonError, LedgerError
+from koinon.cli.common import add_command, default_home, run_standalone
+from koinon.errors import ConfigError, GovernanceError, LedgerError
 
 if TYPE_CHECKING:  # imported lazily at run time: `koinon --help` stays fast
     from koinon.governance.state import GovState
@@ -192,20 +191,7 @@ def main_commands() -> dict[str, Callable[[argparse.Namespace], int]]:
 
 def run(argv: list[str] | None = None) -> int:
     """A ``koinon`` with only these commands, with the same error handling as ``koinon.cli.main.main``."""
-    parser = argparse.ArgumentParser(prog="koinon", formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="show detailed logs and tracebacks")
-    register(parser.add_subparsers(dest="command", metavar="COMMAND"))
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    try:
-        return main_commands()[args.command](args)
-    except KoinonError as e:
-        if getattr(args, "verbose", False):
-            raise
-        print(f"koinon: error: {e}", file=sys.stderr)
-        return 2
+    return run_standalone(register, main_commands, argv)
 
 
 # --- the local ledger's final governance state ----------------------------------------------------------------------

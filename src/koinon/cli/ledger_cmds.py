@@ -26,8 +26,8 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from koinon.cli.common import add_command, default_home
-from koinon.errors import AuditFailure, ConfigError, InvalidEvent, InvalidProof, KoinonError, LedgerError
+from koinon.cli.common import add_command, default_home, run_standalone
+from koinon.errors import AuditFailure, ConfigError, InvalidEvent, InvalidProof, LedgerError
 
 PROOF_FORMAT = "koinon-proof/v1"
 LEDGER_FILE = "ledger.sqlite"
@@ -115,20 +115,7 @@ def main_commands() -> dict[str, Callable[[argparse.Namespace], int]]:
 
 def run(argv: list[str] | None = None) -> int:
     """A ``koinon`` with only these commands, with the same error handling as ``koinon.cli.main.main``."""
-    parser = argparse.ArgumentParser(prog="koinon", formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="show detailed logs and tracebacks")
-    register(parser.add_subparsers(dest="command", metavar="COMMAND"))
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    try:
-        return main_commands()[args.command](args)
-    except KoinonError as e:
-        if getattr(args, "verbose", False):
-            raise
-        print(f"koinon: error: {e}", file=sys.stderr)
-        return 2
+    return run_standalone(register, main_commands, argv)
 
 
 # --- audit --------------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+from koinon.aggregation import REDUCERS
 from koinon.errors import ConfigError
 
 COMPRESSIONS = ("fp16", "int8", "none")
@@ -29,6 +30,8 @@ class TrainingConfig:
     outer_lr: float = 0.7  # DiLoCo's outer Nesterov SGD (paper: lr 0.7, momentum 0.9)
     outer_momentum: float = 0.9
     compression: str = "fp16"  # pseudo-gradient encoding on the wire: fp16 | int8 | none
+    # how each part of the pseudo-gradient is aggregated (aggregation/reducers.py): robust to a Byzantine minority
+    reducer: str = "centered_clip"  # mean | trimmed_mean | median | centered_clip
     seed: int = 0  # initial parameters θ₀ are built from this seed, so every founding peer starts equal
 
     def __post_init__(self) -> None:
@@ -40,6 +43,8 @@ class TrainingConfig:
             raise ConfigError(f"model_size {self.model_size!r} is unknown; choose one of {', '.join(MODEL_SIZES)}")
         if self.compression not in COMPRESSIONS:
             raise ConfigError(f"compression {self.compression!r} is unknown; choose one of {', '.join(COMPRESSIONS)}")
+        if self.reducer not in REDUCERS:
+            raise ConfigError(f"reducer {self.reducer!r} is unknown; choose one of {', '.join(REDUCERS)}")
         for name in ("seq_len", "batch_size", "inner_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")

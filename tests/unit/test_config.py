@@ -16,6 +16,8 @@ from koinon.errors import ConfigError, KoinonError
         ("model_size", "huge"),
         ("model_size", ""),
         ("compression", "zip"),
+        ("reducer", "krum"),
+        ("reducer", ""),
         ("seq_len", 0),
         ("seq_len", -5),
         ("batch_size", 0),
@@ -52,6 +54,9 @@ def test_bad_values_raise_config_error_naming_the_field(field: str, value: objec
         ("outer_momentum", 0.0),
         ("inner_warmup", 0),
         ("compression", "int8"),
+        ("reducer", "mean"),
+        ("reducer", "trimmed_mean"),
+        ("reducer", "median"),
         ("model_size", "base"),
         ("inner_weight_decay", 0.0),
     ],
@@ -65,6 +70,8 @@ def test_unknown_choice_message_lists_the_choices():
         TrainingConfig(model_size="huge")
     with pytest.raises(ConfigError, match="fp16, int8, none"):
         TrainingConfig(compression="gzip")
+    with pytest.raises(ConfigError, match="mean, trimmed_mean, median, centered_clip"):
+        TrainingConfig(reducer="krum")
 
 
 def test_config_is_frozen():
@@ -85,7 +92,8 @@ def test_config_hash_pins_the_default_configuration():
     """Peers running different versions must agree on the default's hash; changing it splits the swarm."""
     expected = (
         b'{"batch_size":8,"compression":"fp16","inner_lr":0.001,"inner_steps":50,"inner_warmup":20,'
-        b'"inner_weight_decay":0.1,"model_size":"tiny","outer_lr":0.7,"outer_momentum":0.9,"seed":0,"seq_len":128}'
+        b'"inner_weight_decay":0.1,"model_size":"tiny","outer_lr":0.7,"outer_momentum":0.9,"reducer":"centered_clip",'
+        b'"seed":0,"seq_len":128}'
     )
     assert TrainingConfig().canonical_json() == expected
 
@@ -103,6 +111,7 @@ def test_config_hash_pins_the_default_configuration():
         ("outer_lr", 0.5),
         ("outer_momentum", 0.8),
         ("compression", "int8"),
+        ("reducer", "median"),
         ("seed", 1),
     ],
 )
@@ -125,6 +134,18 @@ def test_every_field_is_covered_by_the_hash_test():
         "outer_lr",
         "outer_momentum",
         "compression",
+        "reducer",
         "seed",
     }
     assert {f.name for f in dataclasses.fields(TrainingConfig)} == covered
+
+
+def test_the_reducer_is_settable_by_governance():
+    # set-config's settable keys are TrainingConfig's fields minus the frozen ones: reducer is one of them
+    from koinon.errors import GovernanceError
+    from koinon.governance.effects import MUTABLE_CONFIG, apply_config
+
+    assert "reducer" in MUTABLE_CONFIG
+    assert apply_config(TrainingConfig(), {"reducer": "median"}).reducer == "median"
+    with pytest.raises(GovernanceError, match="reducer 'krum' is unknown"):
+        apply_config(TrainingConfig(), {"reducer": "krum"})

@@ -1,4 +1,5 @@
-"""group_decision: who counts in an all-reduce, and with which compression (src/koinon/swarm/averaging.py)."""
+"""group_decision: who counts in an all-reduce, with which compression and which reducer
+(src/koinon/swarm/averaging.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ def member(
     round: int = 4,
     config: str = C_LOW,
     compression: str = "fp16",
+    reducer: str = "centered_clip",
     excluded: list[str] | None = None,
     samples: int = 8,
     gov: int = 0,
@@ -32,6 +34,7 @@ def member(
         samples=samples,
         config=config,
         compression=compression,
+        reducer=reducer,
         excluded=list(excluded or []),
         gov=gov,
     )
@@ -60,6 +63,7 @@ def test_agreeing_group_all_contribute():
         contributors=frozenset("abc"),
         compression="fp16",
         excluded=frozenset(),
+        reducer="centered_clip",
     )
 
 
@@ -176,6 +180,44 @@ def test_excluded_members_still_vote_on_compression():
     assert d.contributors == {"a"} and d.compression == "fp16"
 
 
+def test_reducer_is_the_canonical_majoritys():
+    d = decide(
+        [
+            member("a", reducer="median"),
+            member("b", reducer="median"),
+            member("c", reducer="mean"),
+            # not canonical (round 3): a Byzantine pair voting for the mean does not count
+            member("d", round=3, reducer="mean"),
+            member("e", round=3, reducer="mean"),
+        ]
+    )
+    assert (d.canonical_round, d.reducer) == (4, "median")
+
+
+def test_reducer_tie_takes_the_smallest_name():
+    # "centered_clip" < "mean" < "median" < "trimmed_mean"
+    assert decide([member("a", reducer="mean"), member("b", reducer="centered_clip")]).reducer == "centered_clip"
+    assert decide([member("a", reducer="median"), member("b", reducer="mean")]).reducer == "mean"
+    assert decide([member("a", reducer="trimmed_mean"), member("b", reducer="median")]).reducer == "median"
+
+
+def test_reducer_and_compression_are_decided_independently():
+    d = decide(
+        [
+            member("a", compression="int8", reducer="mean"),
+            member("b", compression="int8", reducer="trimmed_mean"),
+            member("c", compression="none", reducer="trimmed_mean"),
+        ]
+    )
+    assert (d.compression, d.reducer) == ("int8", "trimmed_mean")
+
+
+def test_excluded_members_still_vote_on_the_reducer():
+    # the same rule as for the compression: canonical members' majority, expelled or not
+    d = decide([member("a", reducer="median", excluded=["b"]), member("b", reducer="mean")])
+    assert d.contributors == {"a"} and d.reducer == "mean"
+
+
 # well-formed, m would tie with a at one vote each and win by its higher round: so a canonical round of 4 shows
 # that a malformed m does not vote
 M = member("m", round=9, state=S_HIGH)[1]
@@ -200,12 +242,17 @@ M = member("m", round=9, state=S_HIGH)[1]
         dict(M, config=None),
         dict(M, compression="zstd"),
         dict(M, compression=["fp16"]),
+        dict(M, reducer="krum"),
+        dict(M, reducer=None),
+        dict(M, reducer=["median"]),
+        dict(M, reducer="Median"),
         dict(M, excluded="c"),
         dict(M, excluded=["c", 3]),
         dict(M, excluded={"c": 1}),
         dict(M, member="a"),  # claims another member's id
         {k: v for k, v in M.items() if k != "excluded"},
         {k: v for k, v in M.items() if k != "gov"},
+        {k: v for k, v in M.items() if k != "reducer"},
     ],
 )
 def test_malformed_member_neither_votes_nor_contributes(bad):
@@ -227,7 +274,7 @@ def test_malformed_entries_never_raise():
 
 def test_no_well_formed_member_means_no_decision():
     assert group_decision({}) is None
-    # what peer.py sent before governance: no config/compression/excluded/gov → the averager falls back
+    # what peer.py sent before governance: no config/compression/reducer/excluded/gov → the averager falls back
     old = {m: {"member": m, "round": 3, "state": S_MID, "samples": 8} for m in "abc"}
     assert group_decision(old) is None
 

@@ -10,12 +10,17 @@ Each peer is ``python -m koinon start`` in its own process group (so a stop neve
 p2pd behind) with its home under ``WORKDIR/peer-<i>``. Progress comes from each peer's ``metrics.jsonl``.
 When the time is up the demo writes ``STOP_AFTER`` (the next round) into every home, so all peers finish the
 same last round and end with the same θ; a peer that does not finish in time gets SIGINT, then SIGKILL.
+
+``--attack KIND`` adds one more peer, ``peer-N`` after the N honest ones, started with ``koinon start --attack KIND``
+(swarm/attacks.py). The summary (``attack`` in ``--summary-json``) names it, the reducer in force, how many parts
+the honest peers rejected, and whether their eval loss still fell and their θ stayed finite and identical.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import subprocess
@@ -47,9 +52,14 @@ def read_metrics(home: Path) -> list[dict]:
 
 
 class LocalPeer:
-    def __init__(self, index: int, home: Path, extra: list[str]) -> None:
-        self.index, self.home, self.extra = index, home, extra
+    def __init__(self, index: int, home: Path, extra: list[str], attack: str | None = None) -> None:
+        self.index, self.home, self.attack = index, home, attack
+        self.extra = [*extra, "--attack", attack] if attack else extra
         self.proc: subprocess.Popen | None = None
+
+    @property
+    def name(self) -> str:
+        return f"peer-{self.index}"
 
     def start(self, initial_peers: list[str], wait_for: int, threads: int) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
@@ -201,9 +211,10 @@ def _table(peers: list[LocalPeer], elapsed: float, total: float) -> Table:
         last = next((r for r in reversed(rows) if r.get("event") == "round"), None)
         member = str(start.get("member", ""))[-8:]
         state = "running" if p.alive() else f"exited {p.proc.returncode if p.proc else ''}"
+        label = f"{p.name} [red]{p.attack}[/red]" if p.attack else p.name
         if last is None:
             t.add_row(
-                f"peer-{p.index}",
+                label,
                 member,
                 "-",
                 "-",
@@ -216,7 +227,7 @@ def _table(peers: list[LocalPeer], elapsed: float, total: float) -> Table:
             )
         else:
             t.add_row(
-                f"peer-{p.index}",
+                label,
                 member,
                 str(last["round"]),
                 str(last.get("inner_steps", "-")),
@@ -260,6 +271,53 @@ def summarize(peers: list[LocalPeer], workdir: Path) -> dict:
     }
     _plot(rounds, starts, workdir / "loss.png")
     return summary
+
+
+def summarize_attack(peers: list[LocalPeer], reducer: str) -> dict:
+    """What ``--attack`` did: which peer attacked and how, the reducer in force, how many parts the honest peers
+    rejected (metrics ``rejected``; and how many of their log lines name the attacker), and whether the honest
+    peers' eval loss still fell and their θ stayed finite (a NaN or Inf in θ makes the eval loss NaN) and
+    identical."""
+    attacker = next(p for p in peers if p.attack)
+    honest = [p for p in peers if not p.attack]
+    member = str(next((r["member"] for r in read_metrics(attacker.home) if r.get("event") == "start"), ""))
+    rows = {p.name: read_metrics(p.home) for p in honest}
+    rounds = {k: [r for r in v if r.get("event") == "round"] for k, v in rows.items()}
+    start = next((r["eval_loss"] for v in rows.values() for r in v if r.get("event") == "start"), None)
+    finals = {k: v[-1] for k, v in rounds.items() if v}
+    ref = max(finals, key=lambda k: finals[k]["round"]) if finals else None
+    end = finals[ref]["eval_loss"] if ref else None
+    named = 0
+    if member:
+        needle = f"rejected pseudo-gradient part from peer {member}"
+        for p in honest:
+            log = p.home / "peer.log"
+            named += log.read_text(errors="replace").count(needle) if log.exists() else 0
+    finite = bool(finals) and all(math.isfinite(r["eval_loss"]) for v in rounds.values() for r in v)
+    fell = start is not None and end is not None and math.isfinite(end) and end < start
+    identical = len(finals) == len(honest) and len({f["theta"] for f in finals.values()}) == 1
+    rejected = sum(int(f.get("rejected", 0)) for f in finals.values())
+    if fell and finite and identical:
+        verdict = "caught" if rejected or named else "out-voted"
+    else:
+        verdict = "not contained"
+    return {
+        "peer": attacker.name,
+        "member": member,
+        "kind": attacker.attack,
+        "reducer": reducer,
+        "rounds": len({r["round"] for r in read_metrics(attacker.home) if r.get("event") == "round"}),
+        "rounds_counted": len({r["round"] for v in rounds.values() for r in v if member in r.get("contributors", [])}),
+        "rejected_parts": rejected,
+        "rejected_parts_naming_attacker": named,
+        "eval_loss_start": start,
+        "eval_loss_end": end,
+        "eval_loss_fell": fell,
+        "theta_finite": finite,
+        "honest_theta_identical": identical,
+        "honest_peers": [p.name for p in honest],
+        "verdict": verdict,
+    }
 
 
 def _plot(rounds: dict[str, list[dict]], starts: dict, path: Path) -> None:
@@ -332,6 +390,8 @@ def _print_summary(s: dict) -> None:
     console.print(f"loss plot     {s['loss_plot']}")
     console.print(f"checkpoint    {s['checkpoint']}")
     console.print(f"peer homes    {s['workdir']}/peer-*  (logs: peer.log, metrics: metrics.jsonl)")
+    if s.get("attack"):
+        _print_attack(s["attack"])
     for d in s.get("decisions", []):
         console.rule("[bold]Governance (the swarm decided during the run)")
         console.print(f"proposal      {d['id'][:16]}… by {d['proposer']}: {d.get('title', '')}")
@@ -364,6 +424,41 @@ def _print_summary(s: dict) -> None:
         console.print(f"[red]audit FAILED[/red]: {ledger['error']}")
 
 
+def _reducer_in_force(args: argparse.Namespace) -> str:
+    """``--reducer``, or the configuration's default."""
+    from koinon.config import TrainingConfig
+
+    return str(getattr(args, "reducer", None) or TrainingConfig().reducer)
+
+
+def _print_attack(a: dict) -> None:
+    def yes(ok: bool) -> str:
+        return "[green]yes[/green]" if ok else "[red]NO[/red]"
+
+    console.rule(f"[bold]Byzantine peer (koinon demo --attack {a['kind']})")
+    console.print(
+        f"attacker      {a['peer']} ({a['member'][-8:]}) sent {a['kind']} pseudo-gradients; they counted with "
+        f"full weight in {a['rounds_counted']} of its {a['rounds']} rounds"
+    )
+    console.print(f"reducer       {a['reducer']}")
+    console.print(
+        f"rejected      {a['rejected_parts']} parts by the honest peers "
+        f"({a['rejected_parts_naming_attacker']} log lines name {a['peer']})"
+    )
+    start, end = a["eval_loss_start"], a["eval_loss_end"]
+    losses = f"{start:.3f} → {end:.3f}" if start is not None and end is not None else "-"
+    console.print(f"eval loss     {losses} on the honest peers; fell: {yes(a['eval_loss_fell'])}")
+    console.print(
+        f"θ             finite: {yes(a['theta_finite'])}; identical on the {len(a['honest_peers'])} honest peers: "
+        f"{yes(a['honest_theta_identical'])}"
+    )
+    verdict = {
+        "caught": "[green]caught[/green]: its parts were rejected, and training went on",
+        "out-voted": "[green]out-voted[/green] by the reducer: training went on",
+    }.get(a["verdict"], "[red]not contained[/red]: the attack hurt the honest peers")
+    console.print(f"verdict       {verdict}")
+
+
 def run_demo(args: argparse.Namespace) -> int:
     if args.peers < 1:
         raise ConfigError("--peers must be at least 1")
@@ -379,22 +474,27 @@ def run_demo(args: argparse.Namespace) -> int:
         ("--inner-steps", args.inner_steps),
         ("--model-size", args.model_size),
         ("--compression", args.compression),
+        ("--reducer", getattr(args, "reducer", None)),
     ):
         if value is not None:
             extra += [flag, str(value)]
-    threads = max(1, (os.cpu_count() or 1) // args.peers)
+    attack = getattr(args, "attack", None)
+    peers = [LocalPeer(i, workdir / f"peer-{i}", extra) for i in range(args.peers)]
+    if attack:  # one more peer, Byzantine on purpose; it votes "no" in the governance script (the last peer)
+        peers.append(LocalPeer(args.peers, workdir / f"peer-{args.peers}", extra, attack=attack))
+    threads = max(1, (os.cpu_count() or 1) // len(peers))
     console.print(
         f"[bold]Koinon demo[/bold]: {args.peers} peers on 127.0.0.1 for {args.minutes:g} min; peer homes in {workdir}"
+        + (f"\nand a Byzantine peer-{args.peers} that sends {attack} pseudo-gradients" if attack else "")
     )
-    peers = [LocalPeer(i, workdir / f"peer-{i}", extra) for i in range(args.peers)]
     governance = ScriptedGovernance(peers, args.inner_steps or 50)
     total = args.minutes * 60
     try:
-        peers[0].start([], args.peers, threads)
+        peers[0].start([], len(peers), threads)
         bootstrap = peers[0].maddrs(timeout=120)
         console.print(f"peer-0 is up: {bootstrap[0]}")
         for p in peers[1:]:
-            p.start(bootstrap, args.peers, threads)
+            p.start(bootstrap, len(peers), threads)
         t0 = time.monotonic()
         with Live(_table(peers, 0, total), console=console, refresh_per_second=2) as live:
             while time.monotonic() - t0 < total and any(p.alive() for p in peers):
@@ -426,6 +526,8 @@ def run_demo(args: argparse.Namespace) -> int:
     summary = summarize(peers, workdir)
     summary["decisions"] = governance.summary()
     summary["ledger"] = _audit(peers[0].home)
+    if attack:
+        summary["attack"] = summarize_attack(peers, _reducer_in_force(args))
     _print_summary(summary)
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary, indent=2) + "\n")

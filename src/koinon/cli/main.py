@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 
 from koinon import __version__
+from koinon.aggregation import REDUCERS
 from koinon.cli import gov_cmds, ledger_cmds
 from koinon.cli.common import add_command, default_home
 from koinon.errors import KoinonError
+from koinon.swarm.attacks import ATTACKS
 
 EPILOG = {
     "id": "example:\n  koinon id --home ~/.koinon",
@@ -22,7 +24,8 @@ EPILOG = {
         "  koinon start --data ~/corpus --initial-peers /ip4/203.0.113.5/tcp/31337/p2p/12D3KooW...\n"
         "  koinon start --listen /ip4/0.0.0.0/tcp/31337 --announce /ip4/203.0.113.5/tcp/31337"
     ),
-    "demo": "examples:\n  koinon demo\n  koinon demo --peers 4 --minutes 10 --summary-json summary.json",
+    "demo": "examples:\n  koinon demo\n  koinon demo --peers 4 --minutes 10 --summary-json summary.json\n"
+    "  koinon demo --attack sign_flip              # 3 honest peers and one Byzantine peer-3",
 }
 
 
@@ -59,6 +62,17 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--inner-steps", type=int, default=None, help="H, inner steps per round (default 50)")
     sp.add_argument("--model-size", default=None, choices=["tiny", "small", "base"], help="default tiny")
     sp.add_argument("--compression", default=None, choices=["fp16", "int8", "none"], help="default fp16")
+    sp.add_argument(
+        "--reducer", default=None, choices=REDUCERS, help="how pseudo-gradients are aggregated (default centered_clip)"
+    )
+    sp.add_argument(
+        "--attack",
+        default=None,
+        choices=ATTACKS,
+        metavar="KIND",
+        help=f"add one more peer that sends Byzantine pseudo-gradients ({', '.join(ATTACKS)}); the summary says "
+        "whether the reducer caught or out-voted it",
+    )
     ledger_cmds.register(sub)
     gov_cmds.register(sub)
     return p
@@ -128,6 +142,13 @@ def _add_peer_arguments(sp: argparse.ArgumentParser) -> None:
         choices=["fp16", "int8", "none"],
         help="pseudo-gradient encoding on the wire (default fp16)",
     )
+    sp.add_argument(
+        "--reducer",
+        default=None,
+        choices=REDUCERS,
+        help="how each part of the pseudo-gradients is aggregated: a Byzantine-robust reducer or the plain mean "
+        "(default centered_clip; docs/training.md)",
+    )
     sp.add_argument("--rounds", type=int, default=None, help="stop after this many rounds (default: run until Ctrl-C)")
     sp.add_argument("--wait-for-peers", type=int, default=1, help="before round 1, wait until N peers are up")
     sp.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
@@ -136,8 +157,10 @@ def _add_peer_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument(
         "--attack",
         default=None,
-        choices=["nan"],
-        help="TESTING TOOL: misbehave on purpose (nan: send NaN pseudo-gradients)",
+        choices=ATTACKS,
+        metavar="KIND",
+        help=f"TESTING TOOL: send Byzantine pseudo-gradients on purpose, one of {', '.join(ATTACKS)} "
+        "(docs/training.md, 'Testing tools: --attack')",
     )
 
 
@@ -151,6 +174,7 @@ def _training_config(args: argparse.Namespace):
         "seq_len": getattr(args, "seq_len", None),
         "model_size": getattr(args, "model_size", None),
         "compression": getattr(args, "compression", None),
+        "reducer": getattr(args, "reducer", None),
     }
     return TrainingConfig(**{k: v for k, v in overrides.items() if v is not None})
 

@@ -25,6 +25,13 @@ un-averaged on some peers (shared/HIVEMIND.md, traps 2 and 3). ``ExactAllReduceR
    sent well-formed metadata, everyone counts with the averager's configured compression (the old behaviour).
    The host recomputes the same decision from the gathered dict that ``step()`` returns
    (``group_decision(result)``; keys may be ``PeerID`` or base58 strings).
+5. Each part is aggregated by the reducer the canonical members voted for (``reducer`` in the gather, chosen like
+   the compression; ``aggregation/reducers.py``: mean, trimmed mean, median, CenteredClip): the part reducer keeps
+   every sender's (part, weight) and, once the part is complete, sends every sender ``reduce(reducer, parts,
+   weights)`` instead of a running weighted mean. Left-out and rejected senders count with weight 0, which every
+   reducer leaves out. Without a decision, the averager's configured reducer (default ``mean``) is used. This
+   defends against Byzantine *senders*; a Byzantine peer that reduces a part for the others is HIVEMIND.md trap 5,
+   not handled here.
 
 Bytes sent (all parts and results this peer put on the wire) are counted in shared memory, so the host process
 can report them.
@@ -51,6 +58,8 @@ from hivemind.utils.asyncio import aiter_with_timeout, amap_in_executor
 from hivemind.utils.mpfuture import MPFuture
 from hivemind.utils.streaming import combine_from_streaming
 
+from koinon.aggregation import REDUCERS
+from koinon.aggregation.reducers import reduce
 from koinon.swarm.compression import get_compression
 from koinon.swarm.compression import install as install_compression
 
@@ -58,7 +67,7 @@ logger = logging.getLogger("koinon.swarm")
 
 
 # --- who counts: a pure function of the all-gathered metadata ----------------------------------------------------
-GATHER_KEYS = ("member", "round", "state", "samples", "config", "compression", "excluded", "gov")
+GATHER_KEYS = ("member", "round", "state", "samples", "config", "compression", "reducer", "excluded", "gov")
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,7 @@ class GroupDecision:
     ``canonical_*``: the pre-round (state hash, round, training-config hash) most members held.
     ``contributors``: base58 peer ids whose parts count: members holding the canonical key, minus ``excluded``.
     ``compression``: the wire encoding the canonical members voted for (a name for ``get_compression``).
+    ``reducer``: the aggregation the canonical members voted for (a name in ``aggregation.REDUCERS``).
     ``excluded``: member ids expelled by governance, as the canonical members' majority reports them (they may or
     may not be in this group).
     """
@@ -78,6 +88,7 @@ class GroupDecision:
     contributors: frozenset[str]
     compression: str
     excluded: frozenset[str]
+    reducer: str
 
 
 @dataclass(frozen=True)
@@ -90,6 +101,7 @@ class _Gather:
     samples: int
     config: str
     compression: str
+    reducer: str
     excluded: tuple[str, ...]
     gov: int
 
@@ -139,6 +151,8 @@ def _parse_gather(peer: str, info: object) -> tuple[_Gather | None, str]:
             return None, f"gathered {name} is not a string"
     if not _known_compression(info["compression"]):
         return None, f"unknown compression {info['compression']!r}"
+    if not isinstance(info["reducer"], str) or info["reducer"] not in REDUCERS:
+        return None, f"unknown reducer {info['reducer']!r}"
     excluded = info["excluded"]
     if not isinstance(excluded, (list, tuple)) or not all(isinstance(m, str) for m in excluded):
         return None, "gathered excluded is not a list of member ids"
@@ -150,6 +164,7 @@ def _parse_gather(peer: str, info: object) -> tuple[_Gather | None, str]:
             samples=info["samples"],
             config=info["config"],
             compression=info["compression"],
+            reducer=info["reducer"],
             excluded=tuple(sorted(set(excluded))),
             gov=info["gov"],
         ),
@@ -196,26 +211,28 @@ def _canonical_json(ids: tuple[str, ...]) -> str:
 
 
 def group_decision(gathered: Mapping[object, object]) -> GroupDecision | None:
-    """Who counts in this all-reduce and which compression it uses, from the group's all-gathered metadata.
+    """Who counts in this all-reduce, and which compression and reducer it uses, from the all-gathered metadata.
 
     ``gathered`` maps base58 peer ids (or ``PeerID``, as ``step()`` returns them) to each member's gather dict with
     the keys in ``GATHER_KEYS``. Pure and order-independent: every member of the group, and the host process
     afterwards, computes the same decision from the same gathered data. A malformed entry (not a dict, a key
-    missing, a wrong type, an unknown compression, a member id that is not its peer id) never raises: that member
-    does not vote and does not contribute. Returns None when no entry is well-formed (then everyone counts with
-    the averager's configured compression, as before this decision existed).
+    missing, a wrong type, an unknown compression or reducer, a member id that is not its peer id) never raises:
+    that member does not vote and does not contribute. Returns None when no entry is well-formed (then everyone
+    counts with the averager's configured compression and reducer, as before this decision existed).
     """
     valid, _ = _parse_all(gathered)
     key = _canonical_key(valid.values())
     if key is None:
         return None
     canonical = {peer: g for peer, g in valid.items() if g.key == key}
-    # the expelled set and the encoding are what most canonical members report; ties broken by a total order so
-    # that no member can be in doubt (smallest canonical JSON of the sorted id list; smallest compression name)
+    # the expelled set, the encoding and the reducer are what most canonical members report; ties broken by a total
+    # order so that no member can be in doubt (smallest canonical JSON of the sorted id list; smallest name)
     lists = Counter(g.excluded for g in canonical.values())
     excluded = min(lists, key=lambda e: (-lists[e], _canonical_json(e)))
     encodings = Counter(g.compression for g in canonical.values())
     compression = min(encodings, key=lambda c: (-encodings[c], c))
+    reducers = Counter(g.reducer for g in canonical.values())
+    reducer = min(reducers, key=lambda r: (-reducers[r], r))
     return GroupDecision(
         canonical_state=key[0],
         canonical_round=key[1],
@@ -223,6 +240,7 @@ def group_decision(gathered: Mapping[object, object]) -> GroupDecision | None:
         contributors=frozenset(peer for peer in canonical if peer not in excluded),
         compression=compression,
         excluded=frozenset(excluded),
+        reducer=reducer,
     )
 
 
@@ -244,22 +262,71 @@ def left_out(gathered: Mapping[object, object], decision: GroupDecision) -> dict
 
 
 class ExactPartReducer(TensorPartReducer):
-    """hivemind's weighted mean of one part, except that a part whose weights sum to 0 averages to zeros.
+    """hivemind's part reducer, except that a complete part is aggregated by ``reduce(reducer, parts, weights)``.
 
-    Stock hivemind 1.1.12 returns ``accumulator / denominator``, i.e. 0/0 = NaN when every sender counted with
-    weight 0 (all contributors sent weight 0, or nobody in the group is a contributor). Parts that count with
-    weight 0 are zero tensors here (rejected or left-out parts are replaced before accumulation), so the
-    accumulator is 0 as well and zeros are the natural "nobody contributed" average.
+    Stock hivemind 1.1.12 keeps a running weighted sum and returns ``accumulator / denominator``: a single
+    Byzantine sender moves that mean anywhere, and when every sender counted with weight 0 it is 0/0 = NaN. Here
+    every sender's (part, weight) for the current part is kept until the part is complete (``num_current_senders``
+    parts, as in hivemind: a sender banned before it sent this part is not waited for), then the configured
+    reducer (``aggregation/reducers.py``) aggregates them, in sender order, once; every sender of the part awaits
+    that same tensor. Senders with weight 0 (rejected or left-out parts, replaced by zeros) do not count, and a
+    part nobody counts in averages to zeros.
     """
+
+    def __init__(self, part_shapes: Sequence[torch.Size], num_senders: int, reducer: str = "mean") -> None:
+        self.reducer = reducer
+        self.received: dict[int, tuple[torch.Tensor, float]] = {}  # sender index → (its current part, weight)
+        super().__init__(part_shapes, num_senders)
+        if reducer not in REDUCERS:
+            self.finished.set()  # never used: keeps hivemind's __del__ from warning "received 0.0% of input tensors"
+            raise ValueError(f"unknown reducer {reducer!r}; choose one of {', '.join(REDUCERS)}")
+
+    def reset_accumulators(self) -> None:
+        self.received = {}
+        super().reset_accumulators()
+
+    async def accumulate_part(
+        self, sender_index: int, part_index: int, tensor_part: torch.Tensor, weight: float = 1.0
+    ) -> torch.Tensor:
+        """hivemind 1.1.12's ``TensorPartReducer.accumulate_part`` (same waiting, banning and futures), except that
+        the part is kept for the reducer instead of being added into a running sum."""
+        assert 0 <= sender_index < self.num_senders, "invalid sender index"
+        assert 0 <= part_index < self.num_parts, "invalid part index"
+        self.num_parts_received[sender_index] += 1
+
+        while part_index > self.current_part_index:
+            # wait for previous parts to finish processing ...
+            await asyncio.wait(
+                {self.current_part_future, asyncio.create_task(self.finished.wait())},
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if self.finished.is_set():
+                raise AllreduceException(f"attempted to aggregate part in a finalized {self.__class__.__name__}")
+
+        if self.sender_failed_after[sender_index] != float("inf"):
+            raise BannedException(f"sender {sender_index} was banned in background")
+        assert part_index == self.current_part_index
+
+        current_part_future = self.current_part_future
+
+        if part_index < self.sender_failed_after[sender_index]:
+            self.received[sender_index] = (tensor_part, weight)
+            self.current_part_accumulated_from += 1
+            self.denominator += weight
+            self.check_current_part_finished()
+        return await current_part_future
 
     def check_current_part_finished(self) -> None:
         assert self.current_part_accumulated_from <= self.num_current_senders
         if self.current_part_accumulated_from == self.num_current_senders:
-            if self.denominator > 0:
-                average = self.accumulator.div_(self.denominator)
-            else:
-                average = self.accumulator.zero_()
-            self.current_part_future.set_result(average)
+            senders = sorted(self.received)
+            if senders:
+                parts = [self.received[i][0] for i in senders]
+                weights = [self.received[i][1] for i in senders]
+                aggregate = reduce(self.reducer, parts, weights)  # (part size,) float32
+            else:  # every sender failed before sending this part
+                aggregate = torch.zeros(self.part_shapes[self.current_part_index])
+            self.current_part_future.set_result(aggregate)
             self.reset_accumulators()
 
 
@@ -267,13 +334,16 @@ class ExactAllReduceRunner(AllReduceRunner):
     """An ``AllReduceRunner`` that yields averaged parts (not deltas), identical on every peer.
 
     ``left_out_peers`` (peer id → reason): group members whose parts count with weight 0 (see :func:`group_decision`);
-    they still send and receive, so the exchange completes for everybody.
+    they still send and receive, so the exchange completes for everybody. ``reducer``: how this peer aggregates the
+    part it reduces for the group (a name in ``aggregation.REDUCERS``).
     """
 
     bytes_sent: mp.Value  # set by ExactAverager
     rejected: mp.Value
 
-    def __init__(self, *, left_out_peers: Mapping[PeerID, str] | None = None, **kwargs: object) -> None:
+    def __init__(
+        self, *, left_out_peers: Mapping[PeerID, str] | None = None, reducer: str = "mean", **kwargs: object
+    ) -> None:
         super().__init__(**kwargs)
         self.left_out_peers = dict(left_out_peers or {})
         if self.peer_id in self.left_out_peers:
@@ -282,7 +352,7 @@ class ExactAllReduceRunner(AllReduceRunner):
         self.tensor_part_container.return_deltas = False
         stock = self.tensor_part_reducer
         stock.finished.set()  # never used: keeps its __del__ from warning "received 0.0% of input tensors"
-        self.tensor_part_reducer = ExactPartReducer(stock.part_shapes, stock.num_senders)
+        self.tensor_part_reducer = ExactPartReducer(stock.part_shapes, stock.num_senders, reducer=reducer)
 
     def _count(self, nbytes: int) -> None:
         with self.bytes_sent.get_lock():
@@ -379,11 +449,17 @@ class ExactAllReduceRunner(AllReduceRunner):
 class ExactAverager(DecentralizedAverager):
     """A ``DecentralizedAverager`` that runs :class:`ExactAllReduceRunner` and applies results all-or-nothing.
 
+    ``reducer`` (keyword, default ``mean``) is used only when a group's gathered metadata yields no decision;
+    otherwise the reducer the group's canonical members voted for is used.
+
     It also serves and fetches a peer's state (θ, outer momentum, round) through hivemind's download RPC; the
     host process provides the state with :meth:`set_state_provider`.
     """
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
+    def __init__(self, *args: object, reducer: str = "mean", **kwargs: object) -> None:
+        if reducer not in REDUCERS:
+            raise ValueError(f"unknown reducer {reducer!r}; choose one of {', '.join(REDUCERS)}")
+        self.reducer = reducer
         install_compression()
         self.bytes_sent = mp.Value("q", 0)
         self.rejected = mp.Value("q", 0)
@@ -397,9 +473,11 @@ class ExactAverager(DecentralizedAverager):
         gathered = self._decode_gathered(group_info)
         decision = group_decision(gathered)
         leaving: dict[PeerID, str] = {}
+        reducer = self.reducer
         if decision is None:
-            logger.debug("no well-formed gathered metadata in this group: everyone counts, configured compression")
+            logger.debug("no well-formed gathered metadata: everyone counts, configured compression and reducer")
         else:
+            reducer = decision.reducer
             # every member computes this same decision from the same gathered bytes, so all of them partition the
             # vector for the same encoding and zero the same senders
             kwargs["compression"] = get_compression(decision.compression)
@@ -421,6 +499,7 @@ class ExactAverager(DecentralizedAverager):
             group_id=group_id,
             ordered_peer_ids=group_info.peer_ids,
             left_out_peers=leaving,
+            reducer=reducer,
             **kwargs,
         )
         runner.bytes_sent, runner.rejected = self.bytes_sent, self.rejected

@@ -39,6 +39,7 @@ from koinon.ledger.store import LedgerStore
 from koinon.store.checkpoint import save_checkpoint
 from koinon.swarm import node
 from koinon.swarm.announce import Announcer
+from koinon.swarm.attacks import AttackContext, apply_attack, check_attack
 from koinon.swarm.averaging import GATHER_KEYS, ExactAverager, canonical_key, group_decision
 from koinon.swarm.compression import get_compression, roundtrip
 from koinon.training.data import Corpus
@@ -46,8 +47,6 @@ from koinon.training.diloco import InnerTrainer, OuterOptimizer
 from koinon.training.model import build_model, flat_parameters, theta_hash
 
 logger = logging.getLogger("koinon.peer")
-
-ATTACKS = ("nan",)  # testing tools (documented in docs/training.md); issue 5 adds the Byzantine ones
 
 
 @dataclass
@@ -105,8 +104,8 @@ class Peer:
         self.home_lock = HomeLock(self.home)  # one peer per home; the CLI then appends through our outbox
         (self.home / "STOP_AFTER").unlink(missing_ok=True)  # left over from an earlier demo run
 
-        if options.attack is not None and options.attack not in ATTACKS:
-            raise KoinonError(f"unknown attack {options.attack!r}; known: {', '.join(ATTACKS)}")
+        if options.attack is not None:
+            check_attack(options.attack)
         if options.threads:
             torch.set_num_threads(options.threads)
         self.corpus = Corpus.from_paths(options.data) if options.data else Corpus.default()
@@ -134,6 +133,7 @@ class Peer:
         self.config_known = False
         self.last_contributors: list[str] = []
         self._round_gov: int | None = None  # the final cut index in force during the current round (None: charter)
+        self.last_average: torch.Tensor | None = None  # (P,) the last Δ̄ applied; kept only for `--attack alie`
 
     # --- lifecycle -------------------------------------------------------------------------------------------
     @property
@@ -329,6 +329,7 @@ class Peer:
             samples=samples,
             config=self.config.config_hash(),
             compression=self.config.compression,
+            reducer=self.config.reducer,
             excluded=gov.excluded() if gov is not None else [],
             gov=self._final_count(),
             g=self.gov_index + 1,
@@ -527,8 +528,8 @@ class Peer:
             if self.stop_event.is_set():
                 return  # leaving: an unfinished round is neither averaged nor recorded
             self.step_time = 0.5 * self.step_time + 0.5 * (time.time() - t0) / c.inner_steps
-            if self.options.attack == "nan":
-                delta[::7] = float("nan")
+            if self.options.attack is not None:  # a testing tool: Byzantine on purpose, samples still reported
+                delta = apply_attack(self.options.attack, delta, AttackContext(self.member, r, self.last_average))
             if not torch.isfinite(delta).all() and self.options.attack is None:
                 logger.warning("round %d: our pseudo-gradient is not finite; contributing nothing", r)
                 delta, samples = torch.zeros_like(delta), 0
@@ -557,6 +558,8 @@ class Peer:
             with self._lock:
                 self.outer.step(self.theta, avg)
                 self.round = r
+            if self.options.attack is not None:
+                self.last_average = avg
             self.last_group = sorted(gathered)
             self.last_contributors = sorted(decision.contributors) if decision is not None else sorted(gathered)
             if not in_sync:

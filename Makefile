@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/ledger_bench.py
 	$(BIN)/python bench/gov_bench.py
+	$(BIN)/python bench/byz_bench.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

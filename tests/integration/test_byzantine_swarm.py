@@ -3,9 +3,9 @@ on the honest peers and the eval loss falls; with the plain mean the same attack
 
 Each swarm is 3 honest peers and one attacker (``koinon start --attack KIND``) on loopback for ``ROUNDS`` rounds
 of H = 10. A peer has one attack kind for its whole life, so every (attack, reducer) pair costs a swarm (≈ 30 s on
-two cores): this file runs five — sign_flip, scale and alie against the default reducer, sign_flip and scale
-against ``--reducer mean`` — and leaves noise, ipm and nan to the unit tests, test_bad_pseudo_gradients.py and the
-attack benchmark. sign_flip and scale are the attacks a plain mean cannot survive (one peer moves the average
+two cores): this file runs four — sign_flip and alie against the default reducer, sign_flip and scale against
+``--reducer mean`` — and leaves scale against the robust reducer, noise, ipm and nan to the unit tests,
+test_bad_pseudo_gradients.py and the attack benchmark (bench/byz_bench.py: every attack, reducer and f/n). sign_flip and scale are the attacks a plain mean cannot survive (one peer moves the average
 anywhere it likes); alie is the one built to slip past coordinate-wise defences.
 """
 
@@ -111,7 +111,7 @@ def swarm(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("attack", ["sign_flip", "scale", "alie"])
+@pytest.mark.parametrize("attack", ["sign_flip", "alie"])
 def test_robust_reducer_trains_through_one_byzantine_peer_among_four(swarm, attack):
     run = swarm(attack)
     a, b, c = run.honest

@@ -67,8 +67,20 @@ def test_centered_clip_hand_computed():
     # iteration 1: v = 1,   clipped (−1, 0, +1)       → Σ w·c = −1 + 0 + 2 = 1       → v = 1 + 1/4 = 1.25
     # iteration 2: v = 1.25, clipped (−1, −0.25, +1)   → −1 − 0.25 + 2 = 0.75         → v = 1.25 + 0.1875 = 1.4375
     # iteration 3: v = 1.4375, clipped (−1, −0.4375, +1) → 0.5625                    → v = 1.4375 + 0.140625
-    result = centered_clip([t(0), t(1), t(100)], [1.0, 1.0, 2.0])
-    assert torch.equal(result, t(1.578125))  # = 101/64
+    # the clipped iterations end at 101/64 = 1.578125, but that is longer than the median sender's part: the median of
+    # ‖xᵢ‖ = (0, 1, 100) is 1, so the length cap brings the result back to 1
+    assert torch.equal(centered_clip([t(0), t(1), t(100)], [1.0, 1.0, 2.0]), t(1.0))
+    # the same senders moved by −10: the iterations are translation-equivariant (v₀ = −9, τ = 1 → −10 + 101/64), and
+    # the result's length 8.421875 is below the median ‖xᵢ‖ = median(10, 9, 90) = 10, so the cap does not bind
+    assert torch.equal(centered_clip([t(-10), t(-9), t(90)], [1.0, 1.0, 2.0]), t(-8.421875))
+
+
+def test_centered_clip_caps_a_scaled_minority_at_the_median_length():
+    honest = [torch.tensor([1.0, 2.0, 2.0]), torch.tensor([1.0, 2.0, 2.0]), torch.tensor([1.0, 2.0, 2.0])]
+    attackers = [torch.tensor([100.0, 200.0, 200.0])] * 2  # 2 of 5 send the honest direction, 100× longer
+    result = centered_clip(honest + attackers, [1.0] * 5)
+    assert float(torch.linalg.vector_norm(result)) <= 3.0 + 1e-6  # the median ‖xᵢ‖ is 3
+    assert torch.allclose(result, torch.tensor([1.0, 2.0, 2.0]), atol=1e-6)  # and the direction is the honest one
 
 
 def test_centered_clip_within_tau_takes_mean_steps_and_clips_what_drifts_beyond():

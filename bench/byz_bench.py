@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import math
 import multiprocessing as mp
@@ -51,6 +50,8 @@ import torch
 from hivemind.averaging.partition import DEFAULT_PART_SIZE_BYTES
 from hivemind.compression import CompressionBase, CompressionInfo
 
+import benchlib
+from benchlib import busy_jiffies, command_line, load
 from koinon.aggregation.reducers import REDUCERS, reduce
 from koinon.config import TrainingConfig
 from koinon.swarm.attacks import AttackContext, apply_attack
@@ -58,7 +59,6 @@ from koinon.swarm.compression import get_compression, roundtrip
 from koinon.training.data import Corpus
 from koinon.training.diloco import InnerTrainer, OuterOptimizer
 from koinon.training.model import build_model, flat_parameters, theta_hash
-from ledger_bench import command_line
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -84,26 +84,8 @@ def log(message: str) -> None:
     print(f"[byz-bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
 def src_digest() -> dict:
-    """SHA-256 of the sources measured (the repository changes while people work)."""
-    per_file = {
-        str(f.relative_to(REPO)): hashlib.sha256(f.read_bytes()).hexdigest()[:16] if f.exists() else None
-        for f in MEASURED
-    }
-    return {"all": hashlib.sha256(json.dumps(per_file, sort_keys=True).encode()).hexdigest()[:16], "files": per_file}
-
-
-def busy_jiffies() -> int | None:
-    try:
-        with open("/proc/stat") as f:
-            values = [int(x) for x in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    return sum(values) - values[3] - values[4]  # all but idle and iowait
+    return benchlib.src_digest(MEASURED)
 
 
 # --- settings ------------------------------------------------------------------------------------------------------

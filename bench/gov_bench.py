@@ -46,12 +46,13 @@ from datetime import datetime, timezone
 from itertools import islice
 from pathlib import Path
 
+import benchlib
+from benchlib import busy_jiffies, command_line, load
 from gov_gen import Params, build, identities
 from koinon.governance.state import GovState
 from koinon.governance.tally import Tally
 from koinon.ledger.event import Event
 from koinon.ledger.store import LedgerStore
-from ledger_bench import command_line
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -68,34 +69,19 @@ def log(message: str) -> None:
     print(f"[gov-bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
 def src_digest() -> dict:
-    """SHA-256 of the sources measured (the repository changes while people work)."""
-    per_file = {str(f.relative_to(REPO)): hashlib.sha256(f.read_bytes()).hexdigest()[:16] for f in MEASURED}
-    return {"all": hashlib.sha256(json.dumps(per_file, sort_keys=True).encode()).hexdigest()[:16], "files": per_file}
-
-
-def _busy_jiffies() -> int | None:
-    try:
-        with open("/proc/stat") as f:
-            values = [int(x) for x in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    return sum(values) - values[3] - values[4]  # all but idle and iowait
+    return benchlib.src_digest(MEASURED)
 
 
 def timed(fn: Callable[[], object]) -> tuple[object, dict]:
     """Run ``fn`` once; wall seconds, own CPU seconds, the load average and other processes' CPU (in cores,
     averaged over the run: busy CPU time of the whole machine minus ours, divided by the wall time)."""
     gc.collect()
-    busy, cpu, load_before = _busy_jiffies(), time.process_time(), load()
+    busy, cpu, load_before = busy_jiffies(), time.process_time(), load()
     started = time.perf_counter()
     out = fn()
     wall = time.perf_counter() - started
-    cpu, busy_after = time.process_time() - cpu, _busy_jiffies()
+    cpu, busy_after = time.process_time() - cpu, busy_jiffies()
     others = None
     if busy is not None and busy_after is not None:
         others = round(max(0.0, (busy_after - busy) / os.sysconf("SC_CLK_TCK") - cpu) / wall, 2)

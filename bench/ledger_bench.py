@@ -38,7 +38,6 @@ import platform
 import pstats
 import random
 import resource
-import shlex
 import signal
 import statistics
 import sys
@@ -47,6 +46,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from benchlib import command_line, load
 from koinon.identity import Identity
 from koinon.identity.keys import public_key_from_member_id
 from koinon.ledger import cbor, merkle
@@ -74,10 +74,6 @@ def src_digest() -> dict:
 
 def log(message: str) -> None:
     print(f"[ledger-bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 def rate(count: int, seconds: float) -> float:
@@ -646,15 +642,6 @@ def markdown(r: dict) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def command_line() -> str:
-    python = sys.executable
-    try:
-        python = os.path.relpath(python, REPO) if Path(python).is_relative_to(REPO) else python
-    except ValueError:
-        pass
-    return shlex.join([python, os.path.relpath(Path(sys.argv[0]).resolve(), REPO), *sys.argv[1:]])
 
 
 def main(argv: list[str] | None = None) -> int:

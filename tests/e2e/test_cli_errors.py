@@ -67,7 +67,11 @@ def home(tmp_path: Path) -> Path:
 def koinon(*args: str, home: Path, timeout: float = 120.0) -> subprocess.CompletedProcess:
     env = dict(os.environ, KOINON_HOME=str(home), PYTHONUNBUFFERED="1")
     return subprocess.run(
-        [sys.executable, "-m", "koinon", *args], capture_output=True, text=True, timeout=timeout, env=env,
+        [sys.executable, "-m", "koinon", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
         cwd=home.parent,
     )
 
@@ -143,8 +147,9 @@ def test_start_with_a_corrupted_identity_file(home: Path, small_corpus_dir: Path
 
 
 def test_start_with_a_nonexistent_data_path(home: Path):
-    assert_clean_error(koinon("start", "--data", "/nonexistent", *SAFE_START, home=home),
-                       "/nonexistent", "does not exist")
+    assert_clean_error(
+        koinon("start", "--data", "/nonexistent", *SAFE_START, home=home), "/nonexistent", "does not exist"
+    )
 
 
 def test_start_with_an_empty_data_file(home: Path, tmp_path: Path):

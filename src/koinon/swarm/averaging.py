@@ -192,14 +192,15 @@ def _canonical_key(members: Iterable[_Gather]) -> tuple[str, int, str] | None:
     votes = Counter(m.key for m in members)
     if not votes:
         return None
-    # most votes, then the higher round, then the smaller state hash, then the smaller config hash
+    # same order as peer.choose_canonical (most votes, then higher round, then smaller state hash), then config
     return min(votes, key=lambda k: (-votes[k], -k[1], k[0], k[2]))
 
 
 def canonical_key(gathered: Mapping[object, object]) -> tuple[str, int, str] | None:
     """The (state hash, round, config hash) most well-formed members held before the round; None if none is.
 
-    Ties: higher round, then smaller state hash, then smaller config hash. Malformed entries do not vote.
+    Ties: higher round, then smaller state hash, then smaller config hash (``peer.choose_canonical`` extended by
+    the config). Malformed entries do not vote.
     """
     valid, _ = _parse_all(gathered)
     return _canonical_key(valid.values())
@@ -260,47 +261,69 @@ def left_out(gathered: Mapping[object, object], decision: GroupDecision) -> dict
     return reasons
 
 
-class _PartCollector:
-    """Stands in for hivemind's running-sum accumulator of one part: ``add_`` keeps each counted sender's
-    (part, weight) instead of adding it in, so the reducer sees every part once the part is complete."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[torch.Tensor, float]] = []
-
-    def add_(self, tensor: torch.Tensor, alpha: float = 1.0) -> _PartCollector:
-        self.items.append((tensor, float(alpha)))
-        return self
-
-
 class ExactPartReducer(TensorPartReducer):
     """hivemind's part reducer, except that a complete part is aggregated by ``reduce(reducer, parts, weights)``.
 
     Stock hivemind 1.1.12 keeps a running weighted sum and returns ``accumulator / denominator``: a single
     Byzantine sender moves that mean anywhere, and when every sender counted with weight 0 it is 0/0 = NaN. Here
-    the accumulator is a :class:`_PartCollector`, so hivemind's own ``accumulate_part`` (its waiting, banning and
-    futures unchanged) hands every counted sender's (part, weight) to it; when the part is complete the configured
-    reducer (``aggregation/reducers.py``, independent of the senders' order) aggregates them once, and every
-    sender of the part awaits that same tensor. Senders with weight 0 (rejected or left-out parts, replaced by
-    zeros) do not count, and a part nobody counts in averages to zeros.
+    every sender's (part, weight) for the current part is kept until the part is complete (``num_current_senders``
+    parts, as in hivemind: a sender banned before it sent this part is not waited for), then the configured
+    reducer (``aggregation/reducers.py``) aggregates them, in sender order, once; every sender of the part awaits
+    that same tensor. Senders with weight 0 (rejected or left-out parts, replaced by zeros) do not count, and a
+    part nobody counts in averages to zeros.
     """
 
     def __init__(self, part_shapes: Sequence[torch.Size], num_senders: int, reducer: str = "mean") -> None:
         self.reducer = reducer
+        self.received: dict[int, tuple[torch.Tensor, float]] = {}  # sender index → (its current part, weight)
         super().__init__(part_shapes, num_senders)
         if reducer not in REDUCERS:
             self.finished.set()  # never used: keeps hivemind's __del__ from warning "received 0.0% of input tensors"
             raise ValueError(f"unknown reducer {reducer!r}; choose one of {', '.join(REDUCERS)}")
 
     def reset_accumulators(self) -> None:
+        self.received = {}
         super().reset_accumulators()
-        self.accumulator = _PartCollector()
+
+    async def accumulate_part(
+        self, sender_index: int, part_index: int, tensor_part: torch.Tensor, weight: float = 1.0
+    ) -> torch.Tensor:
+        """hivemind 1.1.12's ``TensorPartReducer.accumulate_part`` (same waiting, banning and futures), except that
+        the part is kept for the reducer instead of being added into a running sum."""
+        assert 0 <= sender_index < self.num_senders, "invalid sender index"
+        assert 0 <= part_index < self.num_parts, "invalid part index"
+        self.num_parts_received[sender_index] += 1
+
+        while part_index > self.current_part_index:
+            # wait for previous parts to finish processing ...
+            await asyncio.wait(
+                {self.current_part_future, asyncio.create_task(self.finished.wait())},
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if self.finished.is_set():
+                raise AllreduceException(f"attempted to aggregate part in a finalized {self.__class__.__name__}")
+
+        if self.sender_failed_after[sender_index] != float("inf"):
+            raise BannedException(f"sender {sender_index} was banned in background")
+        assert part_index == self.current_part_index
+
+        current_part_future = self.current_part_future
+
+        if part_index < self.sender_failed_after[sender_index]:
+            self.received[sender_index] = (tensor_part, weight)
+            self.current_part_accumulated_from += 1
+            self.denominator += weight
+            self.check_current_part_finished()
+        return await current_part_future
 
     def check_current_part_finished(self) -> None:
         assert self.current_part_accumulated_from <= self.num_current_senders
         if self.current_part_accumulated_from == self.num_current_senders:
-            items = self.accumulator.items
-            if items:
-                aggregate = reduce(self.reducer, [t for t, _ in items], [w for _, w in items])  # (part size,)
+            senders = sorted(self.received)
+            if senders:
+                parts = [self.received[i][0] for i in senders]
+                weights = [self.received[i][1] for i in senders]
+                aggregate = reduce(self.reducer, parts, weights)  # (part size,) float32
             else:  # every sender failed before sending this part
                 aggregate = torch.zeros(self.part_shapes[self.current_part_index])
             self.current_part_future.set_result(aggregate)

@@ -40,7 +40,7 @@ from koinon.store.checkpoint import save_checkpoint
 from koinon.swarm import node
 from koinon.swarm.announce import Announcer
 from koinon.swarm.attacks import AttackContext, apply_attack, check_attack
-from koinon.swarm.averaging import GATHER_KEYS, ExactAverager, GroupDecision, group_decision
+from koinon.swarm.averaging import GATHER_KEYS, ExactAverager, canonical_key, group_decision
 from koinon.swarm.compression import get_compression, roundtrip
 from koinon.training.data import Corpus
 from koinon.training.diloco import InnerTrainer, OuterOptimizer
@@ -76,6 +76,15 @@ def state_hash(round_no: int, theta: torch.Tensor, momentum: torch.Tensor) -> st
     h.update(theta.numpy().tobytes())
     h.update(momentum.numpy().tobytes())
     return h.hexdigest()
+
+
+def choose_canonical(gathered: dict[str, dict]) -> tuple[str, int]:
+    """The pre-round state most members held: (state hash, round). Ties: higher round, then smaller hash."""
+    votes: dict[tuple[str, int], int] = {}
+    for info in gathered.values():
+        key = (str(info["state"]), int(info["round"]))
+        votes[key] = votes.get(key, 0) + 1
+    return min(votes, key=lambda k: (-votes[k], -k[1], k[0]))
 
 
 class Peer:
@@ -121,7 +130,9 @@ class Peer:
         self.gov_index = -1  # the final cut whose governance state is in force (-1: the charter)
         self.gov = None  # that GovState (set once the charter is here)
         self.pending_gov: int | None = None  # final cut count agreed in the last round, in force from the next
+        self.config_known = False
         self.last_contributors: list[str] = []
+        self._round_gov: int | None = None  # the final cut index in force during the current round (None: charter)
         self.last_average: torch.Tensor | None = None  # (P,) the last Δ̄ applied; kept only for `--attack alie`
 
     # --- lifecycle -------------------------------------------------------------------------------------------
@@ -252,7 +263,7 @@ class Peer:
         with the same index (chosen from the round's all-gather), so all switch at the same round."""
         self.gov_index, self.gov = index, gov
         if gov.config is not None and gov.config != self.config:
-            if index >= 0:  # (the charter's configuration at joining is not news)
+            if self.config_known and index >= 0:
                 logger.info(
                     "governance (final cut %d): configuration %s in force from round %d",
                     index,
@@ -262,6 +273,7 @@ class Peer:
             self.config = gov.config
             self.inner.set_config(gov.config)
             self.outer.set_hyperparameters(gov.config.outer_lr, gov.config.outer_momentum)
+        self.config_known = True
         allowed = [p for p, h in zip(self.data_paths, self.corpus.source_ids, strict=False) if gov.data_allowed(h)]
         if self.options.data and len(allowed) != len(self.data_paths):
             logger.info("governance: training only on the allowed data sources: %s", ", ".join(map(str, allowed)))
@@ -275,7 +287,7 @@ class Peer:
                 "governance: none of this peer's data sources is allowed in this swarm; contributing nothing"
             )
 
-    def _governance_after_round(self, gathered: dict[str, dict], decision: GroupDecision | None) -> None:
+    def _governance_after_round(self, gathered: dict[str, dict]) -> None:
         """After round r's all-gather, every member of the group computes the same final cut count: the lower
         median of the counts the canonical members reported, never below the one in force. That state takes
         effect from round r + 2, one round later, so a member whose ledger is a little behind has a whole round
@@ -283,11 +295,7 @@ class Peer:
         pending, self.pending_gov = self.pending_gov, None
         if pending is not None:
             self._switch_governance(pending)
-        key = (
-            None
-            if decision is None
-            else (decision.canonical_state, decision.canonical_round, decision.canonical_config)
-        )
+        key = canonical_key(gathered)
         members = [
             v for v in gathered.values() if key is None or (v.get("state"), v.get("round"), v.get("config")) == key
         ]
@@ -491,9 +499,9 @@ class Peer:
         return self.inner.evaluate(self.theta, self.eval_set)
 
     def run_round(self, contribute: bool = True) -> None:
-        c = self.config  # this round trains under it; a decision agreed in this round applies from a later one
-        round_gov = self.gov_index if self.gov_index >= 0 else None
+        c = self.config
         r = self.round + 1
+        self._round_gov = self.gov_index if self.gov_index >= 0 else None
         pre_state = state_hash(self.round, self.theta, self.outer.buffer)
         started = time.time()
         self._announce(
@@ -530,6 +538,7 @@ class Peer:
         gathered = self._average(r, delta, samples, pre_state)
         if self.stop_event.is_set():
             return
+        round_config = self.config  # the configuration this round trained under (a decision applies from the next)
         resynced = False
         if gathered is None:
             # no group at all (or every attempt failed): catch up from the most advanced live peer
@@ -543,19 +552,16 @@ class Peer:
         else:
             with self.averager.get_tensors() as (buffer,):
                 avg = buffer.clone()
+            canonical_state, canonical_round, canonical_config = canonical_key(gathered) or (pre_state, self.round, "")
             decision = group_decision(gathered)
-            if decision is None:  # no well-formed gather: everyone counted (see group_decision)
-                canonical_state, canonical_round, in_sync = pre_state, self.round, True
-            else:
-                canonical_state, canonical_round = decision.canonical_state, decision.canonical_round
-                in_sync = pre_state == canonical_state and decision.canonical_config == c.config_hash()
+            in_sync = pre_state == canonical_state and canonical_config in ("", self.config.config_hash())
             with self._lock:
                 self.outer.step(self.theta, avg)
                 self.round = r
             if self.options.attack is not None:
                 self.last_average = avg
             self.last_group = sorted(gathered)
-            self.last_contributors = sorted(decision.contributors if decision is not None else gathered)
+            self.last_contributors = sorted(decision.contributors) if decision is not None else sorted(gathered)
             if not in_sync:
                 donors = [m for m, v in gathered.items() if v["state"] == canonical_state and m != self.member]
                 logger.info("round %d: our state was not the group's; syncing from %s", r, short_id(donors[0]))
@@ -563,7 +569,7 @@ class Peer:
                     if self._adopt_state(donor, min_round=canonical_round + 1):
                         resynced = True
                         break
-            self._governance_after_round(gathered, decision)
+            self._governance_after_round(gathered)
             return self._finish_round(
                 r,
                 loss,
@@ -572,11 +578,10 @@ class Peer:
                 group=self.last_group,
                 in_sync=in_sync,
                 resynced=resynced,
-                config=c,
-                gov=round_gov,
+                config=round_config,
             )
         return self._finish_round(
-            r, loss, None, started, group=[], in_sync=False, resynced=resynced, config=c, gov=round_gov
+            r, loss, None, started, group=[], in_sync=False, resynced=resynced, config=round_config
         )
 
     def _until_stopped(self, batches):
@@ -656,8 +661,7 @@ class Peer:
             return None
         return gathered
 
-    def _finish_round(self, r, loss, gathered, started, group, in_sync, resynced, config, gov) -> None:
-        contributors = set(self.last_contributors) if gathered else set()
+    def _finish_round(self, r, loss, gathered, started, group, in_sync, resynced, config) -> None:
         eval_loss = self.evaluate()
         theta = theta_hash(self.theta)
         sent = int(self.averager.bytes_sent.value)
@@ -668,10 +672,12 @@ class Peer:
                 "theta": bytes.fromhex(theta),
                 "prev_theta": bytes.fromhex(self._theta_hex),
                 "participants": sorted(group),
-                "samples": sum(int(v["samples"]) for m, v in (gathered or {}).items() if m in contributors),
+                "samples": sum(
+                    int(v["samples"]) for m, v in (gathered or {}).items() if m in set(self.last_contributors)
+                ),
                 "bytes": sent - self._bytes_recorded,
                 "config": bytes.fromhex(config.config_hash()),
-                "gov": gov,
+                "gov": self._round_gov,
             },
         )
         self._theta_hex, self._bytes_recorded = theta, sent
@@ -694,7 +700,7 @@ class Peer:
             peers=len(group),
             config=config.config_hash(),
             inner_steps=config.inner_steps,
-            gov=gov,
+            gov=self._round_gov,
             in_sync=in_sync,
             resynced=resynced,
             tokens=self.tokens,

@@ -297,7 +297,7 @@ def simulate(task: Task) -> dict:
                     batches = w.corpus.batches(
                         shards[m], f"{m}|{r}".encode(), config.inner_steps, config.batch_size, config.seq_len
                     )
-                    delta, loss, _ = trainers[m].run_round(theta, batches)
+                    delta, loss, _, _ = trainers[m].run_round(theta, batches)
                     deltas.append(delta)
                     losses.append(loss)
                     trained += 1

@@ -145,9 +145,16 @@ class LedgerBuilder:
                 {
                     "round": self.round,
                     "theta": prev_theta,
+                    "config": self.config,
+                    "data": [hashlib.sha256(b"stdlib").digest()],
+                    "group": participants,
                     "shards": [(self.round * 7 + k) % 4096 for k in range(4)],
                     "seed": seed,
+                    "step0": 50 * (self.round - 1),
                     "steps": 50,
+                    "samples": 400,
+                    # (parameters, moments) hashes at 11 segment bounds, as `koinon start` commits them
+                    "trace": [hashlib.sha256(seed + bytes([k])).digest() for k in range(22)],
                     "delta": hashlib.sha256(seed).digest(),
                 },
             )

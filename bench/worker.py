@@ -179,7 +179,7 @@ def main() -> None:
 
         started = time.time()
         if averager is None:
-            _, mean_loss, _ = inner.run_round(flat_parameters(model), batches)
+            _, mean_loss, _, _ = inner.run_round(flat_parameters(model), batches)
         else:
             losses = train_data_parallel(model, inner, batches, averager)
             mean_loss = sum(losses) / len(losses)

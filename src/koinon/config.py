@@ -32,6 +32,11 @@ class TrainingConfig:
     compression: str = "fp16"  # pseudo-gradient encoding on the wire: fp16 | int8 | none
     # how each part of the pseudo-gradient is aggregated (aggregation/reducers.py): robust to a Byzantine minority
     reducer: str = "centered_clip"  # mean | trimmed_mean | median | centered_clip
+    # spot-checks (verification/): the share of contributions re-executed (per mille), how many segments a round's
+    # inner steps are cut into (a check re-executes one), and how many rounds a proven cheater is left out
+    verify_permille: int = 650
+    verify_segments: int = 10
+    penalty_rounds: int = 5
     seed: int = 0  # initial parameters θ₀ are built from this seed, so every founding peer starts equal
 
     def __post_init__(self) -> None:
@@ -48,6 +53,12 @@ class TrainingConfig:
         for name in ("seq_len", "batch_size", "inner_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.verify_permille <= 1000:
+            raise ConfigError(f"verify_permille must be in [0, 1000], got {self.verify_permille}")
+        if not 1 <= self.verify_segments <= 512:
+            raise ConfigError(f"verify_segments must be in [1, 512], got {self.verify_segments}")
+        if self.penalty_rounds < 0:
+            raise ConfigError(f"penalty_rounds must be at least 0, got {self.penalty_rounds}")
         if not 0 < self.inner_lr < 1:
             raise ConfigError(f"inner_lr must be in (0, 1), got {self.inner_lr}")
         if self.inner_warmup < 0:  # a negative warm-up would make the inner learning rate negative
@@ -61,6 +72,11 @@ class TrainingConfig:
 
     def canonical_json(self) -> bytes:
         return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":")).encode()
+
+    def segment_bounds(self) -> list[int]:
+        """The inner steps at which a round's trace records the optimiser state: 0, …, H (one segment each gap)."""
+        n = min(self.verify_segments, self.inner_steps)
+        return [self.inner_steps * i // n for i in range(n + 1)]
 
     def config_hash(self) -> str:
         return hashlib.sha256(self.canonical_json()).hexdigest()

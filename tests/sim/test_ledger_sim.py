@@ -38,9 +38,15 @@ def commit_body(member: str, n: int) -> dict:
     return {
         "round": n,
         "theta": h(f"theta{n}"),
+        "config": h("config"),
+        "data": [h("data")],
+        "group": [member],
         "shards": [n % 7],
         "seed": h(f"seed{member}{n}"),
+        "step0": 4 * n,
         "steps": 4,
+        "samples": 16,
+        "trace": [h(f"p{member}{n}"), h(f"m{member}{n}")],
         "delta": h(f"delta{member}{n}"),
     }
 

@@ -92,8 +92,8 @@ def test_config_hash_pins_the_default_configuration():
     """Peers running different versions must agree on the default's hash; changing it splits the swarm."""
     expected = (
         b'{"batch_size":8,"compression":"fp16","inner_lr":0.001,"inner_steps":50,"inner_warmup":20,'
-        b'"inner_weight_decay":0.1,"model_size":"tiny","outer_lr":0.7,"outer_momentum":0.9,"reducer":"centered_clip",'
-        b'"seed":0,"seq_len":128}'
+        b'"inner_weight_decay":0.1,"model_size":"tiny","outer_lr":0.7,"outer_momentum":0.9,"penalty_rounds":5,'
+        b'"reducer":"centered_clip","seed":0,"seq_len":128,"verify_permille":650,"verify_segments":10}'
     )
     assert TrainingConfig().canonical_json() == expected
 
@@ -113,6 +113,9 @@ def test_config_hash_pins_the_default_configuration():
         ("compression", "int8"),
         ("reducer", "median"),
         ("seed", 1),
+        ("verify_permille", 100),
+        ("verify_segments", 4),
+        ("penalty_rounds", 2),
     ],
 )
 def test_config_hash_changes_when_any_field_changes(field: str, value: object):
@@ -136,6 +139,9 @@ def test_every_field_is_covered_by_the_hash_test():
         "compression",
         "reducer",
         "seed",
+        "verify_permille",
+        "verify_segments",
+        "penalty_rounds",
     }
     assert {f.name for f in dataclasses.fields(TrainingConfig)} == covered
 
@@ -149,3 +155,18 @@ def test_the_reducer_is_settable_by_governance():
     assert apply_config(TrainingConfig(), {"reducer": "median"}).reducer == "median"
     with pytest.raises(GovernanceError, match="reducer 'krum' is unknown"):
         apply_config(TrainingConfig(), {"reducer": "krum"})
+
+
+def test_segment_bounds_cut_the_inner_steps_evenly():
+    assert TrainingConfig(inner_steps=10, verify_segments=10).segment_bounds() == list(range(11))
+    assert TrainingConfig(inner_steps=50, verify_segments=10).segment_bounds() == list(range(0, 51, 5))
+    assert TrainingConfig(inner_steps=3, verify_segments=10).segment_bounds() == [0, 1, 2, 3]  # never empty segments
+    assert TrainingConfig(inner_steps=7, verify_segments=2).segment_bounds() == [0, 3, 7]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("verify_permille", 1001), ("verify_segments", 0), ("penalty_rounds", -1)]
+)
+def test_bad_verification_settings_are_refused(field, value):
+    with pytest.raises(ConfigError, match=field):
+        TrainingConfig(**{field: value})

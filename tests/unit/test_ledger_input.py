@@ -38,7 +38,20 @@ def h(label: str) -> bytes:
 
 
 def commit_body(n: int = 1) -> dict:
-    return {"round": n, "theta": h("theta"), "shards": [0, 1], "seed": h("seed"), "steps": 8, "delta": h(f"d{n}")}
+    return {
+        "round": n,
+        "theta": h("theta"),
+        "config": h("config"),
+        "data": [h("data")],
+        "group": [ALICE.member_id],
+        "shards": [0, 1],
+        "seed": h("seed"),
+        "step0": 0,
+        "steps": 8,
+        "samples": 64,
+        "trace": [h("p0"), h("m0")],
+        "delta": h(f"d{n}"),
+    }
 
 
 def charter(t: int, founder=ALICE) -> Event:

@@ -119,7 +119,7 @@ def check_effect(action: str, effect: object, state: GovState) -> None:
     elif action == "admit":
         _keys(effect, "member")
         m = _member(effect["member"], "the member to admit")
-        if m in state.members:
+        if m in state.members and m not in state.trust.penalised():  # a penalised member may be readmitted early
             raise GovernanceError(f"{m} is already a member")
         if m in state.banned:
             raise GovernanceError(f"{m} signed two different events with the same seq (equivocated) and is banned")
@@ -166,6 +166,8 @@ def apply_effect(action: str, effect: dict, state: GovState) -> str:
     if action == "admit":
         state.members.add(effect["member"])
         state.expelled.discard(effect["member"])
+        if state.trust.readmit(effect["member"]):
+            return f"{effect['member']} readmitted before the end of its penalty"
         return f"{effect['member']} admitted"
     if action == "expel":
         state.members.discard(effect["member"])

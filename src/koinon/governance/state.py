@@ -11,7 +11,9 @@ Per cut ``k``, in this order:
 1. proposals whose window opens at ``k`` take their weight snapshot (members and their weights, delegations);
 2. the cut's events are applied in log order (join, leave, equivocation, proposal, vote, delegate, cancel);
 3. proposals whose window closes at ``k`` are tallied; passed ones are queued for ``timelock`` cuts;
-4. queued proposals whose timelock ends at ``k`` are executed, in the order they entered the log.
+4. queued proposals whose timelock ends at ``k`` are executed, in the order they entered the log;
+5. the cut's commitments and verdicts go to :class:`~koinon.verification.trust.Trust` (spot-checks, penalties,
+   verified credit), with the cut's id as the seed of its random choices.
 
 The ledger's :class:`~koinon.ledger.cuts.Chain` keeps one state per cut and asks it who may cosign the next cut
 (:meth:`GovState.eligible`), so admission by vote also decides who finalises the ledger.
@@ -30,6 +32,7 @@ from koinon.governance.effects import apply_effect, check_effect
 from koinon.governance.rules import rules_or_defaults
 from koinon.governance.tally import Tally, outcome, tally, weight_of
 from koinon.ledger.event import Event
+from koinon.verification.trust import Trust
 
 logger = logging.getLogger("koinon.governance")
 
@@ -118,7 +121,8 @@ class GovState:
         self.expelled: set[str] = set()
         self.banned: set[str] = set()
         self.delegations: dict[str, str] = {}
-        self.credit: dict[str, int] = {}  # verified credit (issue 5 feeds it); 0 for everyone until then
+        self.credit: dict[str, int] = {}  # verified samples per member (self.trust feeds it)
+        self.trust = Trust()
         self.releases: dict[str, dict] = {}
         self.resolutions: list[dict] = []
         self.proposals: dict[bytes, Proposal] = {}
@@ -143,6 +147,7 @@ class GovState:
         new.resolutions, new.decisions = list(self.resolutions), list(self.decisions)
         new.config_history, new.problems = list(self.config_history), list(self.problems)
         new.proposals = dict(self.proposals)
+        new.trust = self.trust.copy()
         new.ignored_proposals = dict(self.ignored_proposals)
         for pid in self._live:  # terminal proposals never change again, so they are shared
             new.proposals[pid] = self.proposals[pid].clone()
@@ -167,8 +172,9 @@ class GovState:
         return source_hex not in self.removed_data and (not self.restricted_data or source_hex in self.data)
 
     def excluded(self) -> list[str]:
-        """Members whose contributions the swarm leaves out of the average (expelled, banned), sorted."""
-        return sorted(self.expelled | self.banned)
+        """Members whose contributions the swarm leaves out of the average (expelled, banned, or serving a
+        penalty for cheating or a false accusation), sorted."""
+        return sorted(self.expelled | self.banned | self.trust.penalised())
 
     def _snapshot(self) -> tuple[dict[str, int], int, dict[str, str]]:
         """(weights, total, delegations) of the members now; shared by every proposal that opens before the next
@@ -184,7 +190,9 @@ class GovState:
         return self._snap
 
     # --- feeding cuts --------------------------------------------------------------------------------------------
-    def apply_cut(self, index: int, events: list[Event]) -> None:
+    def apply_cut(self, index: int, events: list[Event], seed: bytes | None = None) -> None:
+        """Apply final cut ``index`` and the events it adds. ``seed``: the cut's event id (what the ledger passes;
+        the spot-checks' randomness); tests that build cuts by hand may leave it to default to the index."""
         self.index = index
         for pid in list(self._live):
             p = self.proposals[pid]
@@ -213,6 +221,8 @@ class GovState:
             if p.state in ("passed", "queued") and p.execute_at == index:
                 self._execute(index, p)
         self._live = [pid for pid in self._live if self.proposals[pid].state not in TERMINAL]
+        if any(e.kind in ("commit", "verdict") for e in events):
+            self.trust.apply(self, index, seed if seed is not None else index.to_bytes(8, "big"), events)
 
     def _execute(self, index: int, p: Proposal) -> None:
         self._version += 1

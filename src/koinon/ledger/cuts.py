@@ -173,7 +173,9 @@ class Chain:
         state = self._gov[cid]
         for cid in reversed(pending):
             state = state.copy()
-            state.apply_cut(int(self.cuts[cid].event.body["index"]), [self.store.get(i) for i in self._added[cid]])
+            state.apply_cut(
+                int(self.cuts[cid].event.body["index"]), [self.store.get(i) for i in self._added[cid]], seed=cid
+            )
             self._gov[cid] = state
         result = self._gov[cut_id]
         if self.keep_states is not None and len(self._gov) > 2 * self.keep_states:

@@ -117,8 +117,29 @@ register_kind(
 )
 register_kind(
     "commit",
-    {"round": uint, "theta": hash32, "shards": array(uint, 1 << 16), "seed": hash32, "steps": uint, "delta": hash32},
-    "A contribution commitment: what a peer claims to have computed in a round (checked by verifiers).",
+    {
+        "round": uint,
+        "theta": hash32,  # θ the round started from (the swarm's θ after the previous round)
+        "config": hash32,  # the configuration trained under
+        "data": array(hash32, 64),  # content hashes of the data sources the shard is drawn from
+        "group": array(member, 4096),  # the members the shard was dealt among (rendezvous hashing)
+        "shards": array(uint, 1 << 16),  # the training blocks of this member's shard
+        "seed": hash32,  # the batch sampler's seed: sha256("member|round")
+        "step0": uint,  # inner steps this member had taken before the round (AdamW's step count)
+        "steps": uint,
+        "samples": uint,
+        "trace": array(hash32, 2 * 513),  # sha256 of (parameters, AdamW moments) at each segment bound
+        "delta": hash32,  # sha256 of the pseudo-gradient Δ it averages
+    },
+    "A contribution commitment, made before averaging: what a peer claims to have computed in a round, with the "
+    "hashes of its optimiser state at each segment bound, so a verifier can re-execute any one segment.",
+)
+register_kind(
+    "verdict",
+    {"commit": hash32, "ok": lambda v: isinstance(v, bool), "error": uint, "got": hash32},
+    "A verifier's (or referee's) result for a sampled commitment: whether its re-execution of the chosen segment "
+    "matched (error: relative distance in parts per million), and the hash of the parameters it computed. A "
+    "failing verdict is an accusation; the commit's trace hashes are its evidence.",
 )
 register_kind(
     "cut",

@@ -36,6 +36,7 @@ class LedgerService:
         fanout: int = 3,
         theta: Callable[[], bytes | None] = lambda: None,
         outbox=None,
+        handlers: dict[str, Callable[[bytes], bytes]] | None = None,
     ) -> None:
         self.dht, self.node, self.protocol = dht, node, protocol
         self.outbox = outbox  # koinon.ledger.outbox.Outbox: events the CLI asks this peer to append
@@ -46,6 +47,7 @@ class LedgerService:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._p2p = None
         self.kick = threading.Event()  # set to sync at once (e.g. after appending an event)
+        self.handlers = dict(handlers or {})  # more request/response protocols served on the same connections
 
     def start(self, timeout: float = 30.0) -> None:
         self._thread.start()
@@ -71,6 +73,8 @@ class LedgerService:
     async def _main(self) -> None:
         self._p2p = await self.dht.replicate_p2p()
         await self._p2p._client.add_unary_handler(self.protocol, self._handle)
+        for name, fn in self.handlers.items():
+            await self._p2p._client.add_unary_handler(name, self._wrap(fn))
         self._ready.set()
         loop = asyncio.get_running_loop()
         while not self._stop.is_set():
@@ -86,10 +90,11 @@ class LedgerService:
                 logger.debug("ledger loop: %r", e)
             await loop.run_in_executor(None, self.kick.wait, self.sync_interval)
             self.kick.clear()
-        try:
-            await self._p2p._client.remove_unary_handler(self.protocol)
-        except Exception:
-            pass
+        for name in [self.protocol, *self.handlers]:
+            try:
+                await self._p2p._client.remove_unary_handler(name)
+            except Exception:
+                pass
 
     def _caller(self, peer, loop: asyncio.AbstractEventLoop) -> Callable[[bytes], bytes]:
         def call(request: bytes) -> bytes:
@@ -99,6 +104,26 @@ class LedgerService:
             return future.result(timeout=CALL_TIMEOUT)
 
         return call
+
+    def call(self, peer: str, protocol: str, request: bytes, timeout: float = CALL_TIMEOUT) -> bytes:
+        """One request/response to ``peer`` (base58 id) over ``protocol``, from any thread but the service's."""
+        from hivemind.p2p import PeerID
+
+        if self._loop is None or self._p2p is None:
+            raise ConnectionError("the ledger service is not running")
+        future = asyncio.run_coroutine_threadsafe(
+            self._p2p._client.call_unary_handler(PeerID.from_base58(peer), protocol, request), self._loop
+        )
+        return future.result(timeout=timeout)
+
+    @staticmethod
+    def _wrap(fn: Callable[[bytes], bytes]):
+        async def handle(request: bytes, remote_id) -> bytes:
+            if len(request) > MAX_REQUEST:
+                return cbor.encode({"error": "request too large"})
+            return await asyncio.get_running_loop().run_in_executor(None, fn, request)
+
+        return handle
 
     async def _handle(self, request: bytes, remote_id) -> bytes:
         if len(request) > MAX_REQUEST:

@@ -21,6 +21,9 @@ alie        "A little is enough" (Baruch et al. 2019, arXiv 1902.06156): μ − 
 ipm         Inner-product manipulation (Xie et al. 2020, "Fall of Empires", arXiv 1903.03936): −ε·Δ, ε = 0.5, the
             attacker's Δ standing in for the honest mean: a small vector whose inner product with the honest
             direction is negative.
+freeride    A free-rider: it does no inner steps at all, sends a copy of the last average Δ̄ it received (zeros
+            before its first), claims a full round's samples, and commits a made-up trace (every state the
+            round's start state, the last one θ − Δ̄) whose states it serves. Verification catches it (issue 5).
 ==========  ===================================================================================================
 
 The scaling constants are fixed so that a benchmark run is reproducible from the kind alone.
@@ -37,7 +40,7 @@ from koinon.errors import ConfigError
 if TYPE_CHECKING:  # torch is imported where the tensors are: the CLI builds its parser from ATTACKS without it
     import torch
 
-ATTACKS = ("nan", "sign_flip", "scale", "noise", "alie", "ipm")
+ATTACKS = ("nan", "sign_flip", "scale", "noise", "alie", "ipm", "freeride")
 
 SIGN_FLIP_FACTOR = -4.0
 SCALE_FACTOR = 100.0
@@ -95,5 +98,8 @@ def apply_attack(kind: str, delta: torch.Tensor, context: AttackContext) -> torc
         mu = (delta + prev) / 2  # (P,)
         sigma = (delta - prev).abs() / 2  # (P,) population std of two samples
         return mu - ALIE_Z * sigma
+    if kind == "freeride":
+        prev = context.previous_average
+        return torch.zeros_like(delta) if prev is None else prev.to(delta.dtype).clone()
     assert kind == "ipm", kind
     return delta * -IPM_EPSILON

@@ -45,6 +45,7 @@ from koinon.swarm.compression import get_compression, roundtrip
 from koinon.training.data import Corpus
 from koinon.training.diloco import InnerTrainer, OuterOptimizer
 from koinon.training.model import build_model, flat_parameters, theta_hash
+from koinon.verification.worker import BlobStore, Outcome, commitment, fetch_blob, made_up_trace, verify_commit
 
 logger = logging.getLogger("koinon.peer")
 
@@ -134,6 +135,11 @@ class Peer:
         self.last_contributors: list[str] = []
         self._round_gov: int | None = None  # the final cut index in force during the current round (None: charter)
         self.last_average: torch.Tensor | None = None  # (P,) the last Δ̄ applied; kept only for `--attack alie`
+        self.blobs = BlobStore()  # our trace states by hash (verifiers fetch them), and evidence we pinned
+        self.known_configs: dict[str, TrainingConfig] = {self.config.config_hash(): self.config}
+        self._answered: dict[bytes, int] = {}  # checks we answered (value -1) or tried to (attempts so far)
+        self._verify_trainer: InnerTrainer | None = None
+        self._verifier = threading.Thread(target=self._verify_loop, daemon=True, name="koinon-verify")
 
     # --- lifecycle -------------------------------------------------------------------------------------------
     @property
@@ -162,9 +168,14 @@ class Peer:
             protocol=f"koinon/ledger/{o.swarm}",
             theta=lambda: bytes.fromhex(self._theta_hex),
             outbox=Outbox(self.home, self._append_from_cli),
+            handlers={self._blob_protocol: self.blobs.handle},
         )
         self.ledger_service.start()
         return [str(m) for m in self.dht.get_visible_maddrs()]
+
+    @property
+    def _blob_protocol(self) -> str:
+        return f"koinon/blob/{self.options.swarm}"
 
     def _append_from_cli(self, kind: str, body: dict):
         return self.ledger.append_own(kind, body)
@@ -229,6 +240,7 @@ class Peer:
             )
         self._use_governance(-1, genesis)
         self._start_averager()
+        self._verifier.start()
         self._record("join", {"maddrs": [str(m) for m in self.dht.get_visible_maddrs()][:16]})
 
     def _thread_excepthook(self, args: threading.ExceptHookArgs) -> None:
@@ -271,6 +283,7 @@ class Peer:
                     self.round + 1,
                 )
             self.config = gov.config
+            self.known_configs[gov.config.config_hash()] = gov.config
             self.inner.set_config(gov.config)
             self.outer.set_hyperparameters(gov.config.outer_lr, gov.config.outer_momentum)
         self.config_known = True
@@ -515,7 +528,9 @@ class Peer:
         delta = torch.zeros_like(self.theta)
         if self.gov is not None and self.member in self.gov.excluded():
             if contribute:
-                logger.warning("round %d: this member is expelled by the swarm's governance; contributing nothing", r)
+                logger.warning(
+                    "round %d: this member is excluded (expelled, or serving a penalty); contributing nothing", r
+                )
             contribute = False
         if not self.data_paths:
             contribute = False
@@ -524,12 +539,24 @@ class Peer:
             seed = f"{self.member}|{r}".encode()
             batches = self.corpus.batches(blocks, seed, c.inner_steps, c.batch_size, c.seq_len)
             t0 = time.time()
-            delta, loss, samples = self.inner.run_round(self.theta, self._until_stopped(batches))
+            step0, bounds = self.inner.steps_done, c.segment_bounds()
+            if self.options.attack == "freeride":  # no work at all; a made-up trace (swarm/attacks.py)
+                delta, loss, samples, trace = (
+                    torch.zeros_like(self.theta),
+                    float("nan"),
+                    c.inner_steps * c.batch_size,
+                    [],
+                )
+            else:
+                delta, loss, samples, trace = self.inner.run_round(self.theta, self._until_stopped(batches), bounds)
             if self.stop_event.is_set():
                 return  # leaving: an unfinished round is neither averaged nor recorded
             self.step_time = 0.5 * self.step_time + 0.5 * (time.time() - t0) / c.inner_steps
             if self.options.attack is not None:  # a testing tool: Byzantine on purpose, samples still reported
                 delta = apply_attack(self.options.attack, delta, AttackContext(self.member, r, self.last_average))
+                if self.options.attack == "freeride":
+                    trace = made_up_trace(self.theta, self.inner.moments(), bounds, delta)
+            self._commit(r, blocks, step0, samples, trace, delta)
             if not torch.isfinite(delta).all() and self.options.attack is None:
                 logger.warning("round %d: our pseudo-gradient is not finite; contributing nothing", r)
                 delta, samples = torch.zeros_like(delta), 0
@@ -583,6 +610,100 @@ class Peer:
         return self._finish_round(
             r, loss, None, started, group=[], in_sync=False, resynced=resynced, config=round_config
         )
+
+    # --- verification (koinon.verification; docs/verification.md) ----------------------------------------------
+    def _commit(self, r: int, blocks: list[int], step0: int, samples: int, trace, delta: torch.Tensor) -> None:
+        """Before averaging: keep the round's trace states (to serve them) and sign a commitment to them."""
+        if not trace or samples == 0:
+            return
+        self.blobs.add_round(r, [t for pair in trace for t in pair])
+        body = commitment(
+            member=self.member,
+            round_no=r,
+            theta=self.theta,
+            config=self.config,
+            data=self.corpus.source_ids,
+            group=self.last_group,
+            shards=blocks,
+            step0=step0,
+            samples=samples,
+            trace=trace,
+            delta=delta,
+        )
+        self._record("commit", body)
+
+    def _verify_loop(self) -> None:
+        """Answer the checks the final ledger assigns to us (as verifier or referee), one at a time."""
+        while not self.stop_event.wait(1.0):
+            try:
+                gov = self.ledger.chain.final_governance()
+                if gov is None:
+                    continue
+                for check in gov.trust.tasks_for(self.member):
+                    if self.stop_event.is_set() or self._answered.get(check.commit, 0) < 0:
+                        continue
+                    self._answer(check)
+            except Exception as e:  # a bug here must not stop the peer
+                logger.warning("verification: %r", e)
+
+    def _answer(self, check) -> None:
+        event = self.ledger.store.get(check.commit)
+        if event is None:
+            return
+        body = event.body
+        config = self.known_configs.get(body["config"].hex())
+        outcome: Outcome | None = None
+        if config is not None:
+            if self._verify_trainer is None or self._verify_trainer.config != config:
+                self._verify_trainer = InnerTrainer(build_model(config), config)
+            sources = [check.author] + ([check.accuser] if check.accuser else [])
+            outcome = verify_commit(
+                body,
+                check.author,
+                check.segment,
+                fetch=lambda key: self._fetch(key, sources),
+                corpus=self.corpus,
+                config=config,
+                trainer_factory=lambda cfg: self._verify_trainer,
+            )
+        if outcome is None:
+            tries = self._answered.get(check.commit, 0) + 1
+            self._answered[check.commit] = -1 if tries >= 10 else tries
+            return
+        self._answered[check.commit] = -1
+        if not outcome.ok:
+            for blob in outcome.evidence:
+                self.blobs.pin(blob)  # so the referees can fetch the evidence from us as well
+        role = "verifier" if check.verifier == self.member else "referee"
+        (logger.info if outcome.ok else logger.warning)(
+            "round %d: as %s of %s's commitment: %s", body["round"], role, short_id(check.author), outcome.reason
+        )
+        self._record(
+            "verdict", {"commit": check.commit, "ok": outcome.ok, "error": outcome.error_ppm, "got": outcome.got}
+        )
+        self._log(
+            event="verdict",
+            round=body["round"],
+            author=check.author,
+            role=role,
+            ok=outcome.ok,
+            error_ppm=outcome.error_ppm,
+            reason=outcome.reason,
+        )
+
+    def _fetch(self, key: bytes, sources: list[str]) -> bytes:
+        local = self.blobs.get(key)
+        if local is not None:
+            return local
+        last: Exception | None = None
+        for peer in sources:
+            if peer == self.member:
+                continue
+            try:
+                return fetch_blob(lambda req, p=peer: self.ledger_service.call(p, self._blob_protocol, req), key)
+            except Exception as e:
+                last = e
+        raise LookupError(f"no source served blob {key.hex()[:12]}: {last!r}")
 
     def _until_stopped(self, batches):
         for batch in batches:

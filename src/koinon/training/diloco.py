@@ -83,28 +83,82 @@ class InnerTrainer:
         warmup = self.config.inner_warmup
         return self.config.inner_lr * min(1.0, (self.steps_done + 1) / warmup) if warmup else self.config.inner_lr
 
-    def run_round(self, theta: torch.Tensor, batches: Iterable[torch.Tensor]) -> tuple[torch.Tensor, float, int]:
-        """Start from θ, train on ``batches`` (each (B, T+1)); return (Δ = θ − θ_local, mean loss, samples)."""
+    def run_round(
+        self, theta: torch.Tensor, batches: Iterable[torch.Tensor], bounds: list[int] | None = None
+    ) -> tuple[torch.Tensor, float, int, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Start from θ, train on ``batches`` (each (B, T+1)); return (Δ = θ − θ_local, mean loss, samples, trace).
+
+        ``trace`` holds (parameters, AdamW moments) at each inner step listed in ``bounds`` (counted from 0, the
+        start of the round): what a contributor commits to and serves, so that a verifier can re-execute any one
+        segment between two bounds (koinon.verification)."""
         load_flat_parameters(self.model, theta)
         self.model.train()
+        wanted = set(bounds or ())
+        trace = [(theta.clone(), self.moments())] if 0 in wanted else []
         losses, samples = [], 0
-        for batch in batches:
-            inputs, targets = batch[:, :-1], batch[:, 1:]  # (B, T), (B, T)
-            for group in self.optimizer.param_groups:
-                group["lr"] = self._lr()
-            logits = self.model(input_ids=inputs).logits  # (B, T, V)
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"inner loss is {loss.item()} at inner step {self.steps_done}")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-            self.optimizer.step()
-            self.steps_done += 1
-            losses.append(loss.item())
+        for i, batch in enumerate(batches, start=1):
+            losses.append(self._step(batch))
             samples += batch.size(0)
+            if i in wanted:
+                trace.append((flat_parameters(self.model), self.moments()))
         delta = theta - flat_parameters(self.model)  # (P,)
-        return delta, sum(losses) / max(1, len(losses)), samples
+        return delta, sum(losses) / max(1, len(losses)), samples, trace
+
+    def _step(self, batch: torch.Tensor) -> float:
+        """One inner AdamW step on ``batch`` (B, T+1); returns its loss."""
+        inputs, targets = batch[:, :-1], batch[:, 1:]  # (B, T), (B, T)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self._lr()
+        logits = self.model(input_ids=inputs).logits  # (B, T, V)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"inner loss is {loss.item()} at inner step {self.steps_done}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.steps_done += 1
+        return loss.item()
+
+    # --- the optimiser state, for traces and re-execution ---------------------------------------------------------
+    def moments(self) -> torch.Tensor:
+        """AdamW's first and second moments as one float32 vector (2P,): all m, then all v (zeros before the first
+        step)."""
+        params = list(self.model.parameters())
+        first, second = [], []
+        for p in params:
+            state = self.optimizer.state.get(p) or {}
+            first.append(state["exp_avg"].reshape(-1) if "exp_avg" in state else torch.zeros(p.numel()))
+            second.append(state["exp_avg_sq"].reshape(-1) if "exp_avg_sq" in state else torch.zeros(p.numel()))
+        return torch.cat(first + second).to(torch.float32).clone()
+
+    def load_state(self, params: torch.Tensor, moments: torch.Tensor, steps_done: int) -> None:
+        """Put the model and AdamW where a trace says they were after ``steps_done`` inner steps of this peer."""
+        load_flat_parameters(self.model, params)
+        plist = list(self.model.parameters())
+        total = sum(p.numel() for p in plist)
+        if moments.numel() != 2 * total:
+            raise ValueError(f"moments have {moments.numel()} values, expected {2 * total}")
+        offset = 0
+        for p in plist:
+            n = p.numel()
+            self.optimizer.state[p] = {
+                "step": torch.tensor(float(steps_done), dtype=torch.float32),
+                "exp_avg": moments[offset : offset + n].view_as(p).clone(),
+                "exp_avg_sq": moments[total + offset : total + offset + n].view_as(p).clone(),
+            }
+            offset += n
+        self.steps_done = steps_done
+
+    def replay(
+        self, params: torch.Tensor, moments: torch.Tensor, steps_done: int, batches: Iterable[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Re-execute inner steps from a traced state: (parameters, moments) after ``batches``."""
+        self.load_state(params, moments, steps_done)
+        self.model.train()
+        for batch in batches:
+            self._step(batch)
+        return flat_parameters(self.model), self.moments()
 
     @torch.no_grad()
     def evaluate(self, theta: torch.Tensor, batches: list[torch.Tensor]) -> float:

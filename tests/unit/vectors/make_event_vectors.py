@@ -190,9 +190,15 @@ def vectors() -> dict:
         body={
             "round": 1,
             "theta": hashlib.sha256(b"theta 1").digest(),
+            "config": hashlib.sha256(b"config").digest(),
+            "data": [hashlib.sha256(b"data").digest()],
+            "group": [alice.member_id],
             "shards": [0, 3, 65535],
             "seed": hashlib.sha256(b"seed").digest(),
+            "step0": 0,
             "steps": 500,
+            "samples": 4000,
+            "trace": [hashlib.sha256(b"p0").digest(), hashlib.sha256(b"m0").digest()],
             "delta": hashlib.sha256(b"delta").digest(),
         },
     )

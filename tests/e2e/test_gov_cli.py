@@ -1,4 +1,4 @@
-"""`koinon init`, `propose`, `vote`, `delegate`, `proposals`, `proposal` and `charter` as a user types them.
+"""`koinon init`, `propose`, `vote`, `delegate`, `proposals`, `proposal`, `charter` and `credit` as a user types them.
 
 A swarm is founded with `koinon init` (a fresh interpreter) from a charter with short windows (delay 1, window 4,
 timelock 1, epochs of 1 s). Finality needs cuts, so :class:`Swarm` plays the running peers in-process: it opens
@@ -143,12 +143,23 @@ class Swarm:
         finally:
             founder.store.close()
 
-    def final_index(self) -> int:
+    def append_mine(self, kind: str, body: dict) -> bytes:
+        """The folder's member appends an event (as its running peer would); returns the event id."""
         founder = self._open()
         try:
-            return founder.chain.final_governance().index
+            return founder.append_own(kind, body).id
         finally:
             founder.store.close()
+
+    def final_state(self):
+        founder = self._open()
+        try:
+            return founder.chain.final_governance()
+        finally:
+            founder.store.close()
+
+    def final_index(self) -> int:
+        return self.final_state().index
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +190,7 @@ def propose(cli, home: Path, *argv: object) -> str:
 @pytest.mark.parametrize(
     "argv",
     [["init"], ["propose"], ["propose", "set-config"], ["propose", "amend-charter"], ["vote"], ["delegate"]]
-    + [["proposals"], ["proposal"], ["charter"]],
+    + [["proposals"], ["proposal"], ["charter"], ["credit"]],
 )
 def test_every_command_has_help_with_an_example(cli, argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
@@ -216,7 +227,7 @@ def test_init_with_the_example_charter_and_a_credit_weight_warning(cli, tmp_path
     code, out, err = cli("init", "--charter", tmp_path / "c.toml", "--home", tmp_path / "b")
     assert code == 0, err
     assert "founded swarm 'koinon'" in out
-    assert "no verified credit exists until verification (issue 5) lands: nobody can vote yet" in out
+    assert "earn only once their training work passes spot-checks (`koinon credit`): until then nobody can vote" in out
     (tmp_path / "bad.toml").write_text("[rules]\nwindow = 0\n")
     code, _, err = cli("init", "--charter", tmp_path / "bad.toml", "--home", tmp_path / "c")
     one_error_line(code, err, "window must be at least 1")
@@ -402,3 +413,123 @@ def test_vote_goes_through_the_outbox_of_a_running_peer(cli, home: Path) -> None
         store.close()
     assert len(votes) == 1 and votes[0].body == {"proposal": bytes.fromhex(pid), "choice": "abstain"}
     assert not list((home / "outbox").glob("*")), "the request and its answer are cleaned up"
+
+
+# --- credit ---------------------------------------------------------------------------------------------------------
+CREDIT_CHARTER = (
+    CHARTER.replace('name = "gov-e2e"', 'name = "credit-e2e"') + "verify_permille = 1000\npenalty_rounds = 2\n"
+)
+
+
+def commit_body(round_no: int, samples: int) -> dict:
+    h = bytes(range(32))
+    return {
+        "round": round_no,
+        "theta": h,
+        "config": h,
+        "data": [],
+        "group": [],
+        "shards": [0],
+        "seed": h,
+        "step0": 0,
+        "steps": 4,
+        "samples": samples,
+        "trace": [h] * 4,  # one segment: (parameters, moments) at its two ends
+        "delta": h,
+    }
+
+
+def verdict_body(commit: bytes, ok: bool, error: int = 0) -> dict:
+    return {"commit": commit, "ok": ok, "error": error, "got": bytes(32)}
+
+
+def test_credit_on_a_fresh_swarm_and_without_a_ledger(cli, home: Path, tmp_path: Path) -> None:
+    code, out, err = cli("credit", "--home", home)
+    assert code == 0, err
+    assert "weight rule: member: one member, one vote" in out
+    assert "credit counts only spot-checked, verified work (docs/verification.md)" in out
+    assert "no member has committed work yet" in out and "total 0 verified samples; round 0" in out
+    code, out, _ = cli("credit", "--json", "--checks", "3", "--home", home)
+    assert json.loads(out) == {"round": 0, "weight_rule": "member", "total": 0, "members": [], "checks": []}
+    code, _, err = cli("credit", "--checks", "-1", "--home", home)
+    one_error_line(code, err, "--checks takes a number of checks")
+    missing = tmp_path / "nonexistent"
+    result = koinon("credit", "--home", missing, home=tmp_path / "x")
+    one_error_line(result.returncode, result.stderr, f"no ledger at {missing / 'ledger.sqlite'}", "koinon init")
+
+
+def test_credit_counts_verified_samples_and_shows_a_false_accuser_excluded(cli, tmp_path: Path) -> None:
+    (tmp_path / "charter.toml").write_text(CREDIT_CHARTER)
+    home = tmp_path / "home"
+    code, _, err = cli("init", "--charter", tmp_path / "charter.toml", "--home", home)
+    assert code == 0, err
+    swarm = Swarm(home, others=2)
+    me = Identity.load(home).member_id
+    ids = [me] + [n.me for n in swarm.others]
+    for i in range(2):
+        swarm.append(i, "join", {"maddrs": []})
+    swarm.step(3)
+    assert swarm.final_state().members == set(ids)
+
+    # round 1: everyone commits; every commit is sampled (verify_permille = 1000) once its cut is final
+    commits = {me: swarm.append_mine("commit", commit_body(1, 300))}
+    for i in range(2):
+        swarm.append(i, "commit", commit_body(1, 100))
+    swarm.step(2)
+    checks = swarm.final_state().trust.checks
+    assert len(checks) == 3 and {c.author for c in checks.values()} == set(ids)
+    liar = checks[commits[me]].verifier  # accuses the founder's honest commit
+    honest = next(m for m in ids if m not in (me, liar))
+    assert checks[commits[me]].referees == (honest,)
+
+    def answer(member: str, commit: bytes, ok: bool, error: int = 0) -> None:
+        body = verdict_body(commit, ok, error)
+        if member == me:
+            swarm.append_mine("verdict", body)
+        else:
+            swarm.append(ids.index(member) - 1, "verdict", body)
+
+    for c in checks.values():
+        answer(c.verifier, c.commit, c.author != me, 0 if c.author != me else 5000)
+    swarm.step(2)
+    accused = swarm.final_state().trust.checks
+    assert list(accused) == [commits[me]] and accused[commits[me]].status == "accused"
+    answer(honest, commits[me], True)  # the referee re-executes and finds the founder honest
+    swarm.step(2)
+
+    code, out, err = cli("credit", "--json", "--checks", "2", "--home", home)
+    assert code == 0, err
+    d = json.loads(out)
+    assert (d["round"], d["weight_rule"], d["total"]) == (1, "member", 400)
+    assert [(r["member"], r["credit"], r["share_permille"]) for r in d["members"]] == [
+        (me, 300, 750),
+        (honest, 100, 250),
+        (liar, 0, 0),  # its own verified round-1 credit is forfeited
+    ]
+    stats = {r["member"]: r for r in d["members"]}
+    assert {k: stats[liar][k] for k in ("commits", "sampled", "verified", "failed", "false_accusations")} == {
+        "commits": 1,
+        "sampled": 1,
+        "verified": 1,
+        "failed": 0,
+        "false_accusations": 1,
+    }
+    assert stats[liar]["excluded_until"] == 3 and stats[me]["excluded_until"] is None
+    assert stats[me]["false_accusations"] == 0 and stats[honest]["verified"] == 1
+    assert len(d["checks"]) == 2
+    last = d["checks"][-1]
+    assert (last["author"], last["status"], last["accuser"], last["samples"]) == (me, "verified", liar, 300)
+    assert [(x["member"], x["ok"]) for x in last["verdicts"]] == [(liar, False), (honest, True)]
+
+    code, out, err = cli("credit", "--checks", "1", "--home", home)
+    assert code == 0, err
+    lines = out.splitlines()
+    rows = [line for line in lines if line.startswith("…")]
+    assert rows[0].split()[:5] == [f"…{me[-8:]}", "(you)", "300", "75.0", "%"]
+    assert rows[1].split()[:4] == [f"…{honest[-8:]}", "100", "25.0", "%"]
+    assert rows[2].split()[:9] == [f"…{liar[-8:]}", "0", "0.0", "%", "1", "1", "1", "0", "1"]
+    assert rows[2].endswith("excluded until round 3") and "excluded" not in rows[0] + rows[1]
+    assert "total 400 verified samples; round 1" in out
+    check_line = next(line for line in lines if line.lstrip().startswith("1 …"))
+    assert f"…{me[-8:]} (you)" in check_line and " verified " in check_line
+    assert f"…{liar[-8:]} fail (5000 ppm)" in check_line and check_line.endswith(f"…{honest[-8:]} ok")

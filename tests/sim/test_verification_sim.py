@@ -97,7 +97,7 @@ class Swarm:
             else:
                 delta, _, _, trace = m.trainer.run_round(self.theta, batches, bounds)
                 deltas.append(delta)
-            m.blobs.add_round(r, [t for pair in trace for t in pair])
+            hashes = m.blobs.add_round(r, trace)
             body = commitment(
                 member=m.id,
                 round_no=r,
@@ -108,7 +108,7 @@ class Swarm:
                 shards=blocks,
                 step0=step0,
                 samples=CONFIG.inner_steps * CONFIG.batch_size,
-                trace=trace,
+                trace=hashes,
                 delta=delta,
             )
             self.clock += 1

@@ -1,5 +1,5 @@
-"""``koinon init``, ``propose``, ``vote``, ``delegate``, ``proposals``, ``proposal`` and ``charter``: found a swarm
-from a charter and govern it from the command line (docs/governance.md).
+"""``koinon init``, ``propose``, ``vote``, ``delegate``, ``proposals``, ``proposal``, ``charter`` and ``credit``: found
+a swarm from a charter, govern it and see each member's verified credit from the command line (docs/governance.md).
 
 ``register(sub)`` adds the commands to ``koinon``'s subparsers and :func:`main_commands` maps their names to
 handlers; :func:`run` is a stand-alone ``koinon`` with only these commands (``python -m koinon.cli.gov_cmds``).
@@ -93,6 +93,13 @@ EPILOG = {
     "proposals": "examples:\n  koinon proposals\n  koinon proposals --all --json",
     "proposal": "examples:\n  koinon proposal 3f2a9c1e\n  koinon proposal 3f2a9c1e --json",
     "charter": "examples:\n  koinon charter\n  koinon charter --json",
+    "credit": (
+        "examples:\n"
+        "  koinon credit\n"
+        "  koinon credit --checks 20         # also the last 20 resolved spot-checks\n"
+        "  koinon credit --json\n"
+        "credit counts only spot-checked, verified work (docs/verification.md)"
+    ),
 }
 
 
@@ -175,6 +182,13 @@ def register(sub) -> None:
     sp.add_argument("--json", action="store_true", help="print JSON")
     _home_option(sp)
 
+    sp = _add(sub, "credit", "Show each member's verified credit (samples) and share, spot-checks and penalties.")
+    sp.add_argument(
+        "--checks", type=int, default=0, metavar="N", help="also list the last N resolved spot-checks (default 0)"
+    )
+    sp.add_argument("--json", action="store_true", help="print JSON")
+    _home_option(sp)
+
 
 def main_commands() -> dict[str, Callable[[argparse.Namespace], int]]:
     """{command name: handler(args) → exit status} for ``koinon``'s dispatch table."""
@@ -186,6 +200,7 @@ def main_commands() -> dict[str, Callable[[argparse.Namespace], int]]:
         "proposals": cmd_proposals,
         "proposal": cmd_proposal,
         "charter": cmd_charter,
+        "credit": cmd_credit,
     }
 
 
@@ -460,8 +475,8 @@ def cmd_init(args: argparse.Namespace) -> int:
             print(f"  {name} {h.hex()}")
     if rules.weight in ("contribution", "quadratic"):
         print(
-            f"warning: weight = {rules.weight}: no verified credit exists until verification (issue 5) lands: "
-            "nobody can vote yet"
+            f"warning: weight = {rules.weight}: votes weigh by verified credit, which members earn only once "
+            "their training work passes spot-checks (`koinon credit`): until then nobody can vote"
         )
     name = body["name"]
     print("next:")
@@ -934,6 +949,98 @@ def cmd_charter(args: argparse.Namespace) -> int:
         print(f"state after final cut #{v.final}; the next cut is #{v.next_cut}")
         if v.note():
             print(v.note())
+    return 0
+
+
+def credit_dict(state: GovState, checks: int = 0) -> dict:
+    """Verified credit per member after the final cuts: one row per member who committed or holds credit (credit
+    descending, then member id), its share of all credit in permille (integer arithmetic, rounded down), its
+    spot-check counts and the round its penalty lasts to (null: not penalised); plus the last ``checks`` resolved
+    spot-checks (oldest first)."""
+    t = state.trust
+    members = {m for m, c in state.credit.items() if c} | {m for m in t.stats if t.stat(m)["commits"]}
+    total = sum(state.credit.get(m, 0) for m in members)
+    penalised = t.penalised()
+    rows = []
+    for m in sorted(members, key=lambda m: (-state.credit.get(m, 0), m)):
+        credit = state.credit.get(m, 0)
+        stat = t.stat(m)
+        rows.append(
+            {
+                "member": m,
+                "credit": credit,
+                "share_permille": credit * 1000 // total if total > 0 else 0,
+                **{k: stat[k] for k in ("commits", "sampled", "verified", "failed", "false_accusations")},
+                "excluded_until": t.penalty[m] if m in penalised else None,
+            }
+        )
+    recent = t.history[-checks:] if checks > 0 else []
+    return {
+        "round": t.round,
+        "weight_rule": state.rules.weight,
+        "total": total,
+        "members": rows,
+        "checks": [c.to_dict() for c in recent],
+    }
+
+
+def _who(member: str | None, me: str | None) -> str:
+    if member is None:
+        return "-"
+    return f"…{member[-8:]}" + (" (you)" if member == me else "")
+
+
+def _verdict_text(c: dict, member: str) -> str:
+    said = next((x for x in c["verdicts"] if x["member"] == member), None)
+    answer = "-" if said is None else "ok" if said["ok"] else f"fail ({said['error_ppm']} ppm)"
+    return f"…{member[-8:]} {answer}"
+
+
+WEIGHT_TEXT = {
+    "member": "one member, one vote (credit does not weigh)",
+    "contribution": "a member's vote weighs its verified credit",
+    "quadratic": "a member's vote weighs the integer square root of its verified credit",
+}
+
+
+def cmd_credit(args: argparse.Namespace) -> int:
+    if args.checks < 0:
+        raise ConfigError(f"--checks takes a number of checks (0 or more), got {args.checks}")
+    with open_view(args.home) as v:
+        d = credit_dict(v.state, args.checks)
+        if args.json:
+            _print_json(d)
+            return 0
+        rule = d["weight_rule"]
+        print(f"weight rule: {rule}: {WEIGHT_TEXT.get(rule, 'see `koinon charter`')}")
+        print("credit counts only spot-checked, verified work (docs/verification.md)")
+        if not d["members"]:
+            print("no member has committed work yet")
+        else:
+            print(
+                f"{'MEMBER':<17} {'CREDIT':>10} {'SHARE':>7} {'COMMITS':>7} {'SAMPLED':>7} {'VERIFIED':>8} "
+                f"{'FAILED':>6} {'FALSE ACC':>9}  PENALTY"
+            )
+        for r in d["members"]:
+            share = f"{r['share_permille'] // 10}.{r['share_permille'] % 10} %"
+            until = f"excluded until round {r['excluded_until']}" if r["excluded_until"] is not None else ""
+            print(
+                f"{_who(r['member'], v.me):<17} {r['credit']:>10} {share:>7} {r['commits']:>7} {r['sampled']:>7} "
+                f"{r['verified']:>8} {r['failed']:>6} {r['false_accusations']:>9}  {until}".rstrip()
+            )
+        print(f"total {d['total']} verified samples; round {d['round']}; state after final cut #{v.final}")
+        if args.checks > 0:
+            if not d["checks"]:
+                print("no resolved spot-checks yet")
+            else:
+                print(f"last {len(d['checks'])} resolved spot-check(s), oldest first")
+                print(f"{'ROUND':>5} {'AUTHOR':<17} {'STATUS':<16} {'VERIFIER':<28} REFEREES")
+            for c in d["checks"]:
+                referees = ", ".join(_verdict_text(c, m) for m in c["referees"]) or "-"
+                print(
+                    f"{c['round']:>5} {_who(c['author'], v.me):<17} {c['status']:<16} "
+                    f"{_verdict_text(c, c['verifier']):<28} {referees}"
+                )
     return 0
 
 

@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Train, verify, govern and serve AI models together over a peer-to-peer network.",
         epilog="examples:\n  koinon demo                 # a 3-peer swarm on this machine for 3 minutes\n"
         "  koinon id                   # create your member key\n"
-        "  koinon start --help         # run a peer, join others",
+        "  koinon start --help         # run a peer, join others\n"
+        "  koinon credit               # each member's verified credit and share",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"koinon {__version__}")

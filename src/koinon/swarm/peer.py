@@ -616,7 +616,7 @@ class Peer:
         """Before averaging: keep the round's trace states (to serve them) and sign a commitment to them."""
         if not trace or samples == 0:
             return
-        self.blobs.add_round(r, [t for pair in trace for t in pair])
+        hashes = self.blobs.add_round(r, trace)
         body = commitment(
             member=self.member,
             round_no=r,
@@ -627,7 +627,7 @@ class Peer:
             shards=blocks,
             step0=step0,
             samples=samples,
-            trace=trace,
+            trace=hashes,
             delta=delta,
         )
         self._record("commit", body)

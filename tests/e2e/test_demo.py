@@ -61,3 +61,10 @@ def test_demo_trains_and_summarises(tmp_path):
     assert set(rounds) == {"peer-0", "peer-1", "peer-2"} and len(set(rounds.values())) == 1, rounds
     assert next(iter(rounds.values())) is not None
     assert "on every peer" in out.stdout
+    # every peer's work was spot-checked by the others, passed, and earned credit; nobody was accused
+    v = s["verification"]
+    assert {row["peer"] for row in v["members"]} == {"peer-0", "peer-1", "peer-2"}, v
+    for row in v["members"]:
+        assert row["verified"] >= 1 and row["credit"] > 0, row
+        assert row["failed"] == 0 and row["false_accusations"] == 0 and row["excluded_until"] is None, row
+    assert "Verification" in out.stdout

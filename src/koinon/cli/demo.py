@@ -273,7 +273,28 @@ def summarize(peers: list[LocalPeer], workdir: Path) -> dict:
     return summary
 
 
-def summarize_attack(peers: list[LocalPeer], reducer: str) -> dict:
+def summarize_verification(peers: list[LocalPeer]) -> dict:
+    """Spot-checks and verified credit after the run, from peer-0's final ledger (what `koinon credit` shows)."""
+    from koinon.cli.gov_cmds import credit_dict, open_view
+
+    names = {}
+    for p in peers:
+        member = next((r["member"] for r in read_metrics(p.home) if r.get("event") == "start"), None)
+        if member:
+            names[str(member)] = p.name
+    try:
+        with open_view(peers[0].home) as view:
+            credit = credit_dict(view.state)
+            statuses: dict[str, int] = {}
+            for c in view.state.trust.history:
+                statuses[c.status] = statuses.get(c.status, 0) + 1
+    except Exception as e:
+        return {"error": str(e), "members": [], "checks": {}}
+    rows = [dict(row, peer=names.get(row["member"], row["member"][-8:])) for row in credit["members"]]
+    return {"round": credit["round"], "total": credit["total"], "members": rows, "checks": statuses}
+
+
+def summarize_attack(peers: list[LocalPeer], reducer: str, verification: dict | None = None) -> dict:
     """What ``--attack`` did: which peer attacked and how, the reducer in force, how many parts the honest peers
     rejected (metrics ``rejected``; and how many of their log lines name the attacker), and whether the honest
     peers' eval loss still fell and their θ stayed finite (a NaN or Inf in θ makes the eval loss NaN) and
@@ -297,8 +318,10 @@ def summarize_attack(peers: list[LocalPeer], reducer: str) -> dict:
     fell = start is not None and end is not None and math.isfinite(end) and end < start
     identical = len(finals) == len(honest) and len({f["theta"] for f in finals.values()}) == 1
     rejected = sum(int(f.get("rejected", 0)) for f in finals.values())
+    row = next((r for r in (verification or {}).get("members", []) if r["member"] == member), None)
+    convicted = int(row["failed"]) if row else 0
     if fell and finite and identical:
-        verdict = "caught" if rejected or named else "out-voted"
+        verdict = "caught" if rejected or named or convicted else "out-voted"
     else:
         verdict = "not contained"
     return {
@@ -310,6 +333,9 @@ def summarize_attack(peers: list[LocalPeer], reducer: str) -> dict:
         "rounds_counted": len({r["round"] for v in rounds.values() for r in v if member in r.get("contributors", [])}),
         "rejected_parts": rejected,
         "rejected_parts_naming_attacker": named,
+        "convicted_by_spot_checks": convicted,
+        "credit": row["credit"] if row else 0,
+        "excluded_until": row["excluded_until"] if row else None,
         "eval_loss_start": start,
         "eval_loss_end": end,
         "eval_loss_fell": fell,
@@ -390,6 +416,8 @@ def _print_summary(s: dict) -> None:
     console.print(f"loss plot     {s['loss_plot']}")
     console.print(f"checkpoint    {s['checkpoint']}")
     console.print(f"peer homes    {s['workdir']}/peer-*  (logs: peer.log, metrics: metrics.jsonl)")
+    if s.get("verification"):
+        _print_verification(s["verification"])
     if s.get("attack"):
         _print_attack(s["attack"])
     for d in s.get("decisions", []):
@@ -431,6 +459,22 @@ def _reducer_in_force(args: argparse.Namespace) -> str:
     return str(getattr(args, "reducer", None) or TrainingConfig().reducer)
 
 
+def _print_verification(v: dict) -> None:
+    console.rule("[bold]Verification (spot-checks by re-execution; koinon credit)")
+    if v.get("error"):
+        console.print(f"[red]could not read the ledger[/red]: {v['error']}")
+        return
+    checks = ", ".join(f"{n} {k}" for k, n in sorted(v["checks"].items())) or "none resolved yet"
+    console.print(f"checks        {checks}")
+    for row in v["members"]:
+        penalty = f", excluded until round {row['excluded_until']}" if row["excluded_until"] is not None else ""
+        console.print(
+            f"{row['peer']:<13} credit {row['credit']:>6,} samples ({row['share_permille'] / 10:.1f} %) · "
+            f"{row['commits']} commits, {row['sampled']} checked: {row['verified']} passed, {row['failed']} failed, "
+            f"{row['false_accusations']} false accusations{penalty}"
+        )
+
+
 def _print_attack(a: dict) -> None:
     def yes(ok: bool) -> str:
         return "[green]yes[/green]" if ok else "[red]NO[/red]"
@@ -452,8 +496,13 @@ def _print_attack(a: dict) -> None:
         f"θ             finite: {yes(a['theta_finite'])}; identical on the {len(a['honest_peers'])} honest peers: "
         f"{yes(a['honest_theta_identical'])}"
     )
+    if a.get("convicted_by_spot_checks"):
+        console.print(
+            f"spot-checks   convicted {a['convicted_by_spot_checks']} time(s); its verified credit: {a['credit']}"
+        )
     verdict = {
-        "caught": "[green]caught[/green]: its parts were rejected, and training went on",
+        "caught": "[green]caught[/green]: its parts were rejected or its claimed work failed the spot-checks, and "
+        "training went on",
         "out-voted": "[green]out-voted[/green] by the reducer: training went on",
     }.get(a["verdict"], "[red]not contained[/red]: the attack hurt the honest peers")
     console.print(f"verdict       {verdict}")
@@ -526,8 +575,9 @@ def run_demo(args: argparse.Namespace) -> int:
     summary = summarize(peers, workdir)
     summary["decisions"] = governance.summary()
     summary["ledger"] = _audit(peers[0].home)
+    summary["verification"] = summarize_verification(peers)
     if attack:
-        summary["attack"] = summarize_attack(peers, _reducer_in_force(args))
+        summary["attack"] = summarize_attack(peers, _reducer_in_force(args), summary["verification"])
     _print_summary(summary)
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary, indent=2) + "\n")

@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/ledger_bench.py
 	$(BIN)/python bench/gov_bench.py
 	$(BIN)/python bench/byz_bench.py
+	$(BIN)/python bench/verify_bench.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

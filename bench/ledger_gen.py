@@ -153,8 +153,8 @@ class LedgerBuilder:
                     "step0": 50 * (self.round - 1),
                     "steps": 50,
                     "samples": 400,
-                    # (parameters, moments) hashes at 11 segment bounds, as `koinon start` commits them
-                    "trace": [hashlib.sha256(seed + bytes([k])).digest() for k in range(22)],
+                    # (parameters, moments) hashes at 17 segment bounds, as `koinon start` commits them
+                    "trace": [hashlib.sha256(seed + bytes([k])).digest() for k in range(34)],
                     "delta": hashlib.sha256(seed).digest(),
                 },
             )

@@ -9,7 +9,7 @@ Writes bench/results/verification.json and bench/results/verification.md. Target
     cuts and referee cuts with random cut seeds; the round of its first conviction is recorded. The swarm's
     verification settings are the defaults (``verify_permille`` 650). Next to it: 1 − (1 − p)^K.
 (b) **Overhead**, measured on this machine with the default configuration (tiny model, H = 50, B = 8, T = 128,
-    10 segments): the CPU time of a plain round (H inner steps), of the same round recording its trace and hashing
+    16 segments): the CPU time of a plain round (H inner steps), of the same round recording its trace and hashing
     the commitment, and of one spot-check (fetching the start state from a BlobStore, re-executing one segment,
     hashing). Overhead per contributor and round = (trace + commitment) + p × check, over the plain round (each
     commit is checked with probability p, by one other member; referees only work on accusations, which honest
@@ -100,7 +100,7 @@ def catch_rounds(n: int, trials: int, max_rounds: int, seed: int) -> list[int | 
     return out
 
 
-TRACE = [b"\0" * 32] * 22  # 10 segments; the Trust only counts them
+TRACE = [b"\0" * 32] * 34  # 16 segments; the Trust only counts them
 
 
 class _Trial:
@@ -176,8 +176,9 @@ def overhead(repeats: int) -> dict:
         theta = theta - delta
     verifier = InnerTrainer(build_model(c), c)
     moved = []
-    for i, (body, blobs) in enumerate(rounds):
-        for segment in (i % (len(bounds) - 1), len(bounds) - 2):  # one inner segment, and the last (Δ checked)
+    pick = random.Random(0)
+    for body, blobs in rounds:
+        for segment in [pick.randrange(len(bounds) - 1) for _ in range(3)]:  # uniform, as the draw from a cut is
             got = []
 
             def fetch(key: bytes, blobs=blobs, got=got) -> bytes:

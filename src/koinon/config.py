@@ -35,7 +35,7 @@ class TrainingConfig:
     # spot-checks (verification/): the share of contributions re-executed (per mille), how many segments a round's
     # inner steps are cut into (a check re-executes one), and how many rounds a proven cheater is left out
     verify_permille: int = 650
-    verify_segments: int = 10
+    verify_segments: int = 16
     penalty_rounds: int = 5
     seed: int = 0  # initial parameters θ₀ are built from this seed, so every founding peer starts equal
 

@@ -93,7 +93,7 @@ def test_config_hash_pins_the_default_configuration():
     expected = (
         b'{"batch_size":8,"compression":"fp16","inner_lr":0.001,"inner_steps":50,"inner_warmup":20,'
         b'"inner_weight_decay":0.1,"model_size":"tiny","outer_lr":0.7,"outer_momentum":0.9,"penalty_rounds":5,'
-        b'"reducer":"centered_clip","seed":0,"seq_len":128,"verify_permille":650,"verify_segments":10}'
+        b'"reducer":"centered_clip","seed":0,"seq_len":128,"verify_permille":650,"verify_segments":16}'
     )
     assert TrainingConfig().canonical_json() == expected
 

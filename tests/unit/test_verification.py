@@ -30,9 +30,12 @@ ME = "12D3KooWCcheZucmPJ7FvxPTBrLvRWcpqMmevXB7fFiqphBMzNeU"
 OTHER = "12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xo"
 
 
+CORPUS = Corpus.default()
+
+
 @pytest.fixture(scope="module")
 def corpus():
-    return Corpus.default()
+    return CORPUS
 
 
 class Work:
@@ -145,8 +148,10 @@ def test_a_sent_delta_other_than_the_traced_one_fails_on_the_last_segment(corpus
     ("change", "reason"),
     [
         (lambda b: dict(b, seed=hashlib.sha256(b"mine").digest()), "seed"),
-        (lambda b: dict(b, shards=b["shards"][:-1]), "shard"),
-        (lambda b: dict(b, group=[OTHER]), "shard"),
+        (lambda b: dict(b, shards=CORPUS.shard(OTHER, 2, [ME, OTHER])), "not dealt to this member"),
+        (lambda b: dict(b, shards=b["shards"][::-1]), "unsorted"),
+        (lambda b: dict(b, shards=sorted({*b["shards"], *CORPUS.val_blocks[:1]})), "not training blocks"),
+        (lambda b: dict(b, group=[OTHER]), "not in its group"),
         (lambda b: dict(b, samples=b["samples"] * 2), "samples"),
         (lambda b: dict(b, trace=b["trace"][:-2]), "trace"),
         (lambda b: dict(b, theta=hashlib.sha256(b"stale").digest()), "θ"),

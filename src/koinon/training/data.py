@@ -10,6 +10,7 @@ get disjoint shards that together cover every training block, and the deal chang
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 import sysconfig
@@ -35,6 +36,13 @@ def default_data_paths() -> list[Path]:
 
 def _u64(*parts: bytes) -> int:
     return int.from_bytes(hashlib.sha256(b"\x1f".join(parts)).digest()[:8], "big")
+
+
+def _dealer(keys: list[bytes], round_bytes: bytes, block: int) -> int:
+    """Which of the (sorted, encoded) members a block is dealt to in a round: the highest rendezvous score."""
+    bb = block.to_bytes(8, "big")
+    scores = [_u64(k, round_bytes, bb) for k in keys]
+    return max(range(len(scores)), key=scores.__getitem__)
 
 
 def _iter_files(path: Path, suffixes: tuple[str, ...] | None) -> Iterable[Path]:
@@ -149,16 +157,20 @@ class Corpus:
         members = sorted(set(participants) | {member_id})
         if len(members) == 1:
             return list(self.train_blocks)
-        r = round_no.to_bytes(8, "big")
+        r, keys, mine = round_no.to_bytes(8, "big"), [m.encode() for m in members], members.index(member_id)
+        return [b for b in self.train_blocks if _dealer(keys, r, b) == mine]
+
+    def dealt_to(self, member_id: str, round_no: int, participants: Iterable[str], block: int) -> bool:
+        """Is ``block`` one of ``member_id``'s in :meth:`shard` (without dealing all the others)?"""
+        members = sorted(set(participants) | {member_id})
+        if len(members) == 1:
+            return True
         keys = [m.encode() for m in members]
-        mine = members.index(member_id)
-        out = []
-        for b in self.train_blocks:
-            bb = b.to_bytes(8, "big")
-            scores = [_u64(k, r, bb) for k in keys]
-            if max(range(len(scores)), key=scores.__getitem__) == mine:
-                out.append(b)
-        return out
+        return _dealer(keys, round_no.to_bytes(8, "big"), block) == members.index(member_id)
+
+    @functools.cached_property
+    def train_set(self) -> frozenset[int]:
+        return frozenset(self.train_blocks)
 
     def _window(self, block: int, offset: int, seq_len: int) -> torch.Tensor:
         start = block * BLOCK_SIZE + offset
@@ -169,6 +181,13 @@ class Corpus:
         self, blocks: Sequence[int], seed: bytes, steps: int, batch_size: int, seq_len: int
     ) -> Iterable[torch.Tensor]:
         """``steps`` batches of shape (B, T+1) drawn from ``blocks`` with an RNG seeded by ``seed``."""
+        for rows in self.draws(blocks, seed, steps, batch_size, seq_len):
+            yield torch.stack([self._window(block, offset, seq_len) for block, offset in rows])  # (B, T+1)
+
+    def draws(
+        self, blocks: Sequence[int], seed: bytes, steps: int, batch_size: int, seq_len: int
+    ) -> Iterable[list[tuple[int, int]]]:
+        """The (block, offset) of each row of each batch :meth:`batches` yields (a verifier checks the blocks)."""
         if seq_len + 1 > BLOCK_SIZE:
             raise DataError(f"seq_len {seq_len} is longer than a data block ({BLOCK_SIZE - 1} tokens at most)")
         if not blocks:
@@ -176,11 +195,7 @@ class Corpus:
         rng = random.Random(int.from_bytes(hashlib.sha256(seed).digest(), "big"))
         span = BLOCK_SIZE - seq_len - 1
         for _ in range(steps):
-            rows = [
-                self._window(blocks[rng.randrange(len(blocks))], rng.randrange(span + 1), seq_len)
-                for _ in range(batch_size)
-            ]
-            yield torch.stack(rows)  # (B, T+1)
+            yield [(blocks[rng.randrange(len(blocks))], rng.randrange(span + 1)) for _ in range(batch_size)]
 
     def eval_batches(self, batch_size: int, seq_len: int, max_sequences: int = 64) -> list[torch.Tensor]:
         """A fixed validation set: the first window of each validation block (several per block if few)."""

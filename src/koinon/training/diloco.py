@@ -130,7 +130,7 @@ class InnerTrainer:
             state = self.optimizer.state.get(p) or {}
             first.append(state["exp_avg"].reshape(-1) if "exp_avg" in state else torch.zeros(p.numel()))
             second.append(state["exp_avg_sq"].reshape(-1) if "exp_avg_sq" in state else torch.zeros(p.numel()))
-        return torch.cat(first + second).to(torch.float32).clone()
+        return torch.cat(first + second).to(torch.float32)  # cat makes a new tensor: no copy needed
 
     def load_state(self, params: torch.Tensor, moments: torch.Tensor, steps_done: int) -> None:
         """Put the model and AdamW where a trace says they were after ``steps_done`` inner steps of this peer."""

@@ -84,21 +84,22 @@ def made_up_trace(
 class BlobStore:
     """Tensors by content hash: the trace states of the last ``keep_rounds`` rounds, plus pinned evidence."""
 
-    def __init__(self, keep_rounds: int = 4, keep_evidence: int = 16) -> None:
+    def __init__(self, keep_rounds: int = 3, keep_evidence: int = 16) -> None:
         self.keep_rounds, self.keep_evidence = keep_rounds, keep_evidence
-        self._blobs: dict[bytes, bytes] = {}
+        self._blobs: dict[bytes, bytes | memoryview] = {}
         self._rounds: dict[int, list[bytes]] = {}
         self._evidence: list[bytes] = []
         self._lock = threading.Lock()
 
     def add_round(self, round_no: int, trace: list[tuple[torch.Tensor, torch.Tensor]]) -> list[bytes]:
-        """Keep a round's trace states; return their hashes in trace order (params, moments, params, …)."""
+        """Keep a round's trace states (the tensors themselves: the trace is ours alone); return their hashes in
+        trace order (params, moments, params, …)."""
         keys, blobs = [], []
         for pair in trace:
             for t in pair:
-                data = t.detach().to(torch.float32).contiguous().numpy().tobytes()
-                keys.append(hashlib.sha256(data).digest())
-                blobs.append(data)
+                view = memoryview(t.detach().to(torch.float32).contiguous().numpy()).cast("B")
+                keys.append(hashlib.sha256(view).digest())
+                blobs.append(view)
         with self._lock:
             self._blobs.update(zip(keys, blobs, strict=True))
             self._rounds[round_no] = keys
@@ -124,7 +125,8 @@ class BlobStore:
 
     def get(self, key: bytes) -> bytes | None:
         with self._lock:
-            return self._blobs.get(key)
+            blob = self._blobs.get(key)
+        return None if blob is None else bytes(blob)
 
     def handle(self, request: bytes) -> bytes:
         """A ``koinon/blob`` request {blob: hash, offset} → {size, data} (or {error})."""
@@ -135,10 +137,11 @@ class BlobStore:
                 raise ValueError("bad request")
         except Exception:
             return cbor.encode({"error": "malformed blob request"})
-        data = self.get(key)
+        with self._lock:
+            data = self._blobs.get(key)
         if data is None:
             return cbor.encode({"error": "unknown blob"})
-        return cbor.encode({"size": len(data), "data": data[offset : offset + CHUNK]})
+        return cbor.encode({"size": len(data), "data": bytes(data[offset : offset + CHUNK])})
 
 
 def fetch_blob(call: Callable[[bytes], bytes], key: bytes) -> bytes:
@@ -212,8 +215,17 @@ def verify_commit(
         return fail("the trace does not have one state per segment bound")
     if body["trace"][0] != body["theta"]:
         return fail("the trace does not start from the committed θ")
-    if author not in body["group"] or body["shards"] != corpus.shard(author, r, body["group"]):
-        return fail("the shard is not the one dealt to this member among its group")
+    shards, group = body["shards"], body["group"]
+    if author not in group or not shards or any(a >= b for a, b in zip(shards, shards[1:], strict=False)):
+        return fail("the shard list is empty, unsorted, or its author is not in its group")
+    if not set(shards) <= corpus.train_set:
+        return fail("the shard names blocks that are not training blocks of this data set")
+    # the blocks this segment's batches draw must be the author's (checking the whole list would cost more than
+    # the steps themselves); a commitment naming blocks dealt to others fails whenever a segment uses one
+    draws = list(corpus.draws(shards, batch_seed(author, r), bounds[segment + 1], config.batch_size, config.seq_len))
+    used = sorted({block for rows in draws[bounds[segment] :] for block, _ in rows})
+    if not all(corpus.dealt_to(author, r, group, b) for b in used):
+        return fail("the segment trains on blocks that are not dealt to this member among its group")
     keys = body["trace"][2 * segment : 2 * segment + 4]
     try:
         start = [fetch(k) for k in keys[:2]]

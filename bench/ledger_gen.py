@@ -148,7 +148,7 @@ class LedgerBuilder:
                     "config": self.config,
                     "data": [hashlib.sha256(b"stdlib").digest()],
                     "group": participants,
-                    "shards": [(self.round * 7 + k) % 4096 for k in range(4)],
+                    "shards": hashlib.sha256(b"shards-%d" % self.round).digest(),
                     "seed": seed,
                     "step0": 50 * (self.round - 1),
                     "steps": 50,

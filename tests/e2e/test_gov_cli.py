@@ -429,7 +429,7 @@ def commit_body(round_no: int, samples: int) -> dict:
         "config": h,
         "data": [],
         "group": [],
-        "shards": [0],
+        "shards": bytes(32),
         "seed": h,
         "step0": 0,
         "steps": 4,

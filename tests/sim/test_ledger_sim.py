@@ -41,7 +41,7 @@ def commit_body(member: str, n: int) -> dict:
         "config": h("config"),
         "data": [h("data")],
         "group": [member],
-        "shards": [n % 7],
+        "shards": h(f"shards{n % 7}"),
         "seed": h(f"seed{member}{n}"),
         "step0": 4 * n,
         "steps": 4,

@@ -48,7 +48,7 @@ def commit(feeds: Feeds, name: str, samples: int) -> Event:
         "config": H,
         "data": [],
         "group": [],
-        "shards": [0],
+        "shards": bytes(32),
         "seed": H,
         "step0": 0,
         "steps": 4,

@@ -44,7 +44,7 @@ def commit_body(n: int = 1) -> dict:
         "config": h("config"),
         "data": [h("data")],
         "group": [ALICE.member_id],
-        "shards": [0, 1],
+        "shards": h("shards"),
         "seed": h("seed"),
         "step0": 0,
         "steps": 8,

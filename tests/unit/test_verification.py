@@ -22,6 +22,7 @@ from koinon.verification.worker import (
     commitment,
     fetch_blob,
     made_up_trace,
+    shard_hash,
     verify_commit,
 )
 
@@ -148,10 +149,10 @@ def test_a_sent_delta_other_than_the_traced_one_fails_on_the_last_segment(corpus
     ("change", "reason"),
     [
         (lambda b: dict(b, seed=hashlib.sha256(b"mine").digest()), "seed"),
-        (lambda b: dict(b, shards=CORPUS.shard(OTHER, 2, [ME, OTHER])), "not dealt to this member"),
-        (lambda b: dict(b, shards=b["shards"][::-1]), "unsorted"),
-        (lambda b: dict(b, shards=sorted({*b["shards"], *CORPUS.val_blocks[:1]})), "not training blocks"),
-        (lambda b: dict(b, group=[OTHER]), "not in its group"),
+        (lambda b: dict(b, shards=shard_hash(CORPUS.shard(OTHER, 2, [ME, OTHER]))), "not the one dealt"),
+        (lambda b: dict(b, shards=shard_hash(CORPUS.shard(ME, 2, [ME, OTHER])[:-1])), "not the one dealt"),
+        (lambda b: dict(b, group=[ME]), "not the one dealt"),  # a group of one deals it every block
+        (lambda b: dict(b, group=[OTHER]), "not in the group"),
         (lambda b: dict(b, samples=b["samples"] * 2), "samples"),
         (lambda b: dict(b, trace=b["trace"][:-2]), "trace"),
         (lambda b: dict(b, theta=hashlib.sha256(b"stale").digest()), "θ"),

@@ -123,7 +123,7 @@ register_kind(
         "config": hash32,  # the configuration trained under
         "data": array(hash32, 64),  # content hashes of the data sources the shard is drawn from
         "group": array(member, 4096),  # the members the shard was dealt among (rendezvous hashing)
-        "shards": array(uint, 1 << 16),  # the training blocks of this member's shard
+        "shards": hash32,  # sha256 of the training blocks of this member's shard (4 bytes each, in order)
         "seed": hash32,  # the batch sampler's seed: sha256("member|round")
         "step0": uint,  # inner steps this member had taken before the round (AdamW's step count)
         "steps": uint,

@@ -139,7 +139,6 @@ class Peer:
         self.known_configs: dict[str, TrainingConfig] = {self.config.config_hash(): self.config}
         self._answered: dict[bytes, int] = {}  # checks we answered (value -1) or tried to (attempts so far)
         self._verify_trainer: InnerTrainer | None = None
-        self._verifier = threading.Thread(target=self._verify_loop, daemon=True, name="koinon-verify")
 
     # --- lifecycle -------------------------------------------------------------------------------------------
     @property
@@ -240,7 +239,6 @@ class Peer:
             )
         self._use_governance(-1, genesis)
         self._start_averager()
-        self._verifier.start()
         self._record("join", {"maddrs": [str(m) for m in self.dht.get_visible_maddrs()][:16]})
 
     def _thread_excepthook(self, args: threading.ExceptHookArgs) -> None:
@@ -514,6 +512,7 @@ class Peer:
     def run_round(self, contribute: bool = True) -> None:
         c = self.config
         r = self.round + 1
+        self._verify_pending()
         self._round_gov = self.gov_index if self.gov_index >= 0 else None
         pre_state = state_hash(self.round, self.theta, self.outer.buffer)
         started = time.time()
@@ -551,12 +550,13 @@ class Peer:
                 delta, loss, samples, trace = self.inner.run_round(self.theta, self._until_stopped(batches), bounds)
             if self.stop_event.is_set():
                 return  # leaving: an unfinished round is neither averaged nor recorded
-            self.step_time = 0.5 * self.step_time + 0.5 * (time.time() - t0) / c.inner_steps
             if self.options.attack is not None:  # a testing tool: Byzantine on purpose, samples still reported
                 delta = apply_attack(self.options.attack, delta, AttackContext(self.member, r, self.last_average))
                 if self.options.attack == "freeride":
                     trace = made_up_trace(self.theta, self.inner.moments(), bounds, delta)
             self._commit(r, blocks, step0, samples, trace, delta)
+            # the commitment's hashing is part of a round's time as the others see it (the next ETA)
+            self.step_time = 0.5 * self.step_time + 0.5 * (time.time() - t0) / c.inner_steps
             if not torch.isfinite(delta).all() and self.options.attack is None:
                 logger.warning("round %d: our pseudo-gradient is not finite; contributing nothing", r)
                 delta, samples = torch.zeros_like(delta), 0
@@ -632,19 +632,22 @@ class Peer:
         )
         self._record("commit", body)
 
-    def _verify_loop(self) -> None:
-        """Answer the checks the final ledger assigns to us (as verifier or referee), one at a time."""
-        while not self.stop_event.wait(1.0):
-            try:
-                gov = self.ledger.chain.final_governance()
-                if gov is None:
-                    continue
-                for check in gov.trust.tasks_for(self.member):
-                    if self.stop_event.is_set() or self._answered.get(check.commit, 0) < 0:
-                        continue
+    def _verify_pending(self, budget: int = 3) -> None:
+        """Answer up to ``budget`` of the checks the final ledger assigns to us (as verifier or referee). Called
+        between rounds, before the next round's announcement, so the time it takes is part of the next ETA and
+        never makes this peer late for an all-reduce the others scheduled."""
+        try:
+            gov = self.ledger.chain.final_governance()
+            if gov is None:
+                return
+            for check in gov.trust.tasks_for(self.member):
+                if budget <= 0 or self.stop_event.is_set():
+                    return
+                if self._answered.get(check.commit, 0) >= 0:
+                    budget -= 1
                     self._answer(check)
-            except Exception as e:  # a bug here must not stop the peer
-                logger.warning("verification: %r", e)
+        except Exception as e:  # a bug here must not stop the peer
+            logger.warning("verification: %r", e)
 
     def _answer(self, check) -> None:
         event = self.ledger.store.get(check.commit)

@@ -10,7 +10,6 @@ get disjoint shards that together cover every training block, and the deal chang
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import random
 import sysconfig
@@ -159,18 +158,6 @@ class Corpus:
             return list(self.train_blocks)
         r, keys, mine = round_no.to_bytes(8, "big"), [m.encode() for m in members], members.index(member_id)
         return [b for b in self.train_blocks if _dealer(keys, r, b) == mine]
-
-    def dealt_to(self, member_id: str, round_no: int, participants: Iterable[str], block: int) -> bool:
-        """Is ``block`` one of ``member_id``'s in :meth:`shard` (without dealing all the others)?"""
-        members = sorted(set(participants) | {member_id})
-        if len(members) == 1:
-            return True
-        keys = [m.encode() for m in members]
-        return _dealer(keys, round_no.to_bytes(8, "big"), block) == members.index(member_id)
-
-    @functools.cached_property
-    def train_set(self) -> frozenset[int]:
-        return frozenset(self.train_blocks)
 
     def _window(self, block: int, offset: int, seq_len: int) -> torch.Tensor:
         start = block * BLOCK_SIZE + offset

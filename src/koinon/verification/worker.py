@@ -34,6 +34,11 @@ def blob_hash(t: torch.Tensor) -> bytes:
     return hashlib.sha256(t.detach().to(torch.float32).contiguous().numpy().tobytes()).digest()
 
 
+def shard_hash(blocks: list[int]) -> bytes:
+    """What a commitment names its shard by: sha256 of the block ids, 4 bytes big-endian each, in order."""
+    return hashlib.sha256(b"".join(b.to_bytes(4, "big") for b in blocks)).digest()
+
+
 def batch_seed(member: str, round_no: int) -> bytes:
     """What the batch sampler of ``member`` is seeded with in ``round_no`` (the commit carries its sha256)."""
     return f"{member}|{round_no}".encode()
@@ -61,7 +66,7 @@ def commitment(
         "config": bytes.fromhex(config.config_hash()),
         "data": [bytes.fromhex(d) for d in data][:64],
         "group": sorted(set(group) | {member}),
-        "shards": list(shards),
+        "shards": shard_hash(shards),
         "seed": hashlib.sha256(batch_seed(member, round_no)).digest(),
         "step0": step0,
         "steps": config.inner_steps,
@@ -215,17 +220,12 @@ def verify_commit(
         return fail("the trace does not have one state per segment bound")
     if body["trace"][0] != body["theta"]:
         return fail("the trace does not start from the committed θ")
-    shards, group = body["shards"], body["group"]
-    if author not in group or not shards or any(a >= b for a, b in zip(shards, shards[1:], strict=False)):
-        return fail("the shard list is empty, unsorted, or its author is not in its group")
-    if not set(shards) <= corpus.train_set:
-        return fail("the shard names blocks that are not training blocks of this data set")
-    # the blocks this segment's batches draw must be the author's (checking the whole list would cost more than
-    # the steps themselves); a commitment naming blocks dealt to others fails whenever a segment uses one
-    draws = list(corpus.draws(shards, batch_seed(author, r), bounds[segment + 1], config.batch_size, config.seq_len))
-    used = sorted({block for rows in draws[bounds[segment] :] for block, _ in rows})
-    if not all(corpus.dealt_to(author, r, group, b) for b in used):
-        return fail("the segment trains on blocks that are not dealt to this member among its group")
+    group = body["group"]
+    if author not in group:
+        return fail("the commitment's author is not in the group it dealt its shard among")
+    shards = corpus.shard(author, r, group)
+    if shard_hash(shards) != body["shards"]:
+        return fail("the shard is not the one dealt to this member among its group")
     keys = body["trace"][2 * segment : 2 * segment + 4]
     try:
         start = [fetch(k) for k in keys[:2]]
@@ -234,7 +234,7 @@ def verify_commit(
         return None
     p0, m0 = (as_tensor(b) for b in start)
     batches = list(
-        corpus.batches(body["shards"], batch_seed(author, r), bounds[segment + 1], config.batch_size, config.seq_len)
+        corpus.batches(shards, batch_seed(author, r), bounds[segment + 1], config.batch_size, config.seq_len)
     )[bounds[segment] :]
     trainer = trainer_factory(config)
     try:

@@ -193,7 +193,7 @@ def vectors() -> dict:
             "config": hashlib.sha256(b"config").digest(),
             "data": [hashlib.sha256(b"data").digest()],
             "group": [alice.member_id],
-            "shards": [0, 3, 65535],
+            "shards": hashlib.sha256(b"shards").digest(),
             "seed": hashlib.sha256(b"seed").digest(),
             "step0": 0,
             "steps": 500,

@@ -89,7 +89,7 @@ def made_up_trace(
 class BlobStore:
     """Tensors by content hash: the trace states of the last ``keep_rounds`` rounds, plus pinned evidence."""
 
-    def __init__(self, keep_rounds: int = 3, keep_evidence: int = 16) -> None:
+    def __init__(self, keep_rounds: int = 6, keep_evidence: int = 16) -> None:
         self.keep_rounds, self.keep_evidence = keep_rounds, keep_evidence
         self._blobs: dict[bytes, bytes | memoryview] = {}
         self._rounds: dict[int, list[bytes]] = {}

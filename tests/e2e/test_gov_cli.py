@@ -24,7 +24,6 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from koinon.cli.main import main
 from koinon.governance.charter import default_charter_text
 from koinon.identity import Identity
 from koinon.ledger.node import LedgerNode
@@ -67,19 +66,6 @@ def one_error_line(code: int, stderr: str, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
     return lines[0]
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]):
-    """``cli(*argv) -> (exit status, stdout, stderr)``, in this process."""
-
-    def run(*argv: object) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = main([str(a) for a in argv])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def count(home: Path, kind: str | None = None) -> int:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from koinon.cli.common import add_command, default_home, run_standalone
 from koinon.errors import ConfigError, GovernanceError, LedgerError
+from koinon.verification.trust import credit_dict
 
 if TYPE_CHECKING:  # imported lazily at run time: `koinon --help` stays fast
     from koinon.governance.state import GovState
@@ -950,38 +951,6 @@ def cmd_charter(args: argparse.Namespace) -> int:
         if v.note():
             print(v.note())
     return 0
-
-
-def credit_dict(state: GovState, checks: int = 0) -> dict:
-    """Verified credit per member after the final cuts: one row per member who committed or holds credit (credit
-    descending, then member id), its share of all credit in permille (integer arithmetic, rounded down), its
-    spot-check counts and the round its penalty lasts to (null: not penalised); plus the last ``checks`` resolved
-    spot-checks (oldest first)."""
-    t = state.trust
-    members = {m for m, c in state.credit.items() if c} | {m for m in t.stats if t.stat(m)["commits"]}
-    total = sum(state.credit.get(m, 0) for m in members)
-    penalised = t.penalised()
-    rows = []
-    for m in sorted(members, key=lambda m: (-state.credit.get(m, 0), m)):
-        credit = state.credit.get(m, 0)
-        stat = t.stat(m)
-        rows.append(
-            {
-                "member": m,
-                "credit": credit,
-                "share_permille": credit * 1000 // total if total > 0 else 0,
-                **{k: stat[k] for k in ("commits", "sampled", "verified", "failed", "false_accusations")},
-                "excluded_until": t.penalty[m] if m in penalised else None,
-            }
-        )
-    recent = t.history[-checks:] if checks > 0 else []
-    return {
-        "round": t.round,
-        "weight_rule": state.rules.weight,
-        "total": total,
-        "members": rows,
-        "checks": [c.to_dict() for c in recent],
-    }
 
 
 def _who(member: str | None, me: str | None) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from koinon import __version__
 from koinon.aggregation import REDUCERS
-from koinon.cli import gov_cmds, ledger_cmds
+from koinon.cli import gov_cmds, ledger_cmds, model_cmds
 from koinon.cli.common import add_command, default_home
 from koinon.errors import KoinonError
 from koinon.swarm.attacks import ATTACKS
@@ -76,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     ledger_cmds.register(sub)
     gov_cmds.register(sub)
+    model_cmds.register(sub)
     return p
 
 
@@ -274,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         "demo": cmd_demo,
         **ledger_cmds.main_commands(),
         **gov_cmds.main_commands(),
+        **model_cmds.main_commands(),
     }
     if args.command is None:
         _parser().print_help()

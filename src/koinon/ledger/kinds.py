@@ -135,6 +135,23 @@ register_kind(
     "hashes of its optimiser state at each segment bound, so a verifier can re-execute any one segment.",
 )
 register_kind(
+    "checkpoint",
+    {
+        "theta": hash32,  # the checkpoint's id: sha256 of θ as float32 bytes
+        "round": uint,
+        "parent": optional(hash32),  # the previous checkpoint this member recorded (null: the first)
+        "config": hash32,
+        "gov": optional(uint),  # the final cut whose governance state was in force (null: the charter)
+        "contributors": array(member, 4096),  # members whose Δ counted in the rounds since the parent
+        "data": array(hash32, 64),  # content hashes of the data sources trained on
+        "samples": uint,  # samples averaged in the rounds since the parent
+        "manifest": hash32,  # sha256 of the chunk manifest (koinon.store.fetch)
+        "size": uint,
+    },
+    "A saved checkpoint and its lineage: its θ hash, round, parent, configuration and decisions in force, who "
+    "contributed and on what data since the parent, and the manifest peers fetch it by.",
+)
+register_kind(
     "verdict",
     {"commit": hash32, "ok": lambda v: isinstance(v, bool), "error": uint, "got": hash32},
     "A verifier's (or referee's) result for a sampled commitment: whether its re-execution of the chosen segment "

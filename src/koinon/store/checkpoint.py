@@ -32,9 +32,15 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def save_checkpoint(
-    folder: Path, model: torch.nn.Module, theta: torch.Tensor, round_no: int, config: TrainingConfig
+    folder: Path,
+    model: torch.nn.Module,
+    theta: torch.Tensor,
+    round_no: int,
+    config: TrainingConfig,
+    update_latest: bool = True,
 ) -> Path:
-    """Save θ (as the model's named tensors) and return the checkpoint's path."""
+    """Save θ (as the model's named tensors) and return the checkpoint's path. ``LATEST`` names it unless
+    ``update_latest`` is False (a fetched, older checkpoint)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     digest = theta_hash(theta)
@@ -44,7 +50,8 @@ def save_checkpoint(
         tensors = {name: p.detach().clone().contiguous() for name, p in model.named_parameters()}
         metadata = {"theta_hash": digest, "round": str(round_no), "config": config.canonical_json().decode()}
         _atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-    _atomic_write(folder / "LATEST", lambda tmp: tmp.write_text(path.name + "\n"))
+    if update_latest:
+        _atomic_write(folder / "LATEST", lambda tmp: tmp.write_text(path.name + "\n"))
     return path
 
 
@@ -81,3 +88,53 @@ def load_checkpoint(path: Path, model: torch.nn.Module) -> dict:
         "round": int(metadata.get("round", -1)),
         "config": json.loads(metadata.get("config", "{}")),
     }
+
+
+def read_checkpoint(path: Path) -> tuple[torch.Tensor, dict]:
+    """θ (flat, float32) and the metadata of a checkpoint file, without a model at hand (one is built from the
+    configuration it records). Raises StateError/HashMismatch like :func:`load_checkpoint`."""
+    from safetensors import safe_open
+
+    from koinon.training.model import build_model
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        config = TrainingConfig(**json.loads(metadata.get("config", "{}")))
+    except Exception as e:
+        raise StateError(f"checkpoint {path} cannot be read ({e}); it may be truncated") from e
+    model = build_model(config)
+    meta = load_checkpoint(path, model)
+    return flat_parameters(model), meta
+
+
+def save_content(folder: Path, content: bytes, round_no: int, config: TrainingConfig) -> Path:
+    """Save a checkpoint from its content (θ as float32 bytes, e.g. fetched from peers)."""
+    from koinon.training.model import build_model
+
+    model = build_model(config)
+    flat = torch.frombuffer(bytearray(content), dtype=torch.float32)
+    if flat.numel() != sum(p.numel() for p in model.parameters()):
+        raise StateError(f"the checkpoint's {flat.numel()} values do not fit a {config.model_size} model")
+    return save_checkpoint(folder, model, flat, round_no, config, update_latest=False)
+
+
+def resolve_checkpoint(folder: Path, ref: str) -> Path:
+    """A checkpoint file in ``folder`` by reference: ``latest`` or a θ hash (8 hex digits at least)."""
+    folder = Path(folder)
+    if ref == "latest":
+        try:
+            name = (folder / "LATEST").read_text().strip()
+        except OSError:
+            raise StateError(f"no checkpoint in {folder} yet (no LATEST); train a round or fetch one") from None
+        return folder / name
+    text = ref.strip().lower()
+    if len(text) < 8 or any(c not in "0123456789abcdef" for c in text):
+        raise StateError(f"checkpoint {ref!r}: give `latest`, `release:TAG` or at least 8 hex digits of its θ hash")
+    matches = sorted(p for p in folder.glob("*.safetensors") if p.name.startswith(text[:16]))
+    if len(matches) != 1:
+        raise StateError(
+            f"checkpoint {ref!r}: {'no' if not matches else len(matches)} checkpoint(s) in {folder} match"
+            + ("; `koinon checkpoints` lists them" if not matches else "")
+        )
+    return matches[0]

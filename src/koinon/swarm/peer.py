@@ -36,7 +36,16 @@ from koinon.ledger.node import LedgerNode
 from koinon.ledger.outbox import HomeLock, Outbox
 from koinon.ledger.p2p import LedgerService
 from koinon.ledger.store import LedgerStore
-from koinon.store.checkpoint import save_checkpoint
+from koinon.store.checkpoint import save_checkpoint, save_content
+from koinon.store.fetch import (
+    CheckpointServer,
+    FetchError,
+    content_of,
+    fetch_checkpoint,
+    finish_fetch,
+    make_manifest,
+    manifest_id,
+)
 from koinon.swarm import node
 from koinon.swarm.announce import Announcer
 from koinon.swarm.attacks import AttackContext, apply_attack, check_attack
@@ -139,6 +148,12 @@ class Peer:
         self.known_configs: dict[str, TrainingConfig] = {self.config.config_hash(): self.config}
         self._answered: dict[bytes, int] = {}  # checks we answered (value -1) or tried to (attempts so far)
         self._verify_trainer: InnerTrainer | None = None
+        self.checkpoints = CheckpointServer(self.home / "checkpoints")
+        self._ckpt_parent: bytes | None = None  # lineage since the last checkpoint we recorded
+        self._ckpt_contributors: set[str] = set()
+        self._ckpt_samples = 0
+        self._fetching: threading.Thread | None = None
+        self._fetch_failed: dict[bytes, float] = {}
 
     # --- lifecycle -------------------------------------------------------------------------------------------
     @property
@@ -167,7 +182,7 @@ class Peer:
             protocol=f"koinon/ledger/{o.swarm}",
             theta=lambda: bytes.fromhex(self._theta_hex),
             outbox=Outbox(self.home, self._append_from_cli),
-            handlers={self._blob_protocol: self.blobs.handle},
+            handlers={self._blob_protocol: self.blobs.handle, self._ckpt_protocol: self.checkpoints.handle},
         )
         self.ledger_service.start()
         return [str(m) for m in self.dht.get_visible_maddrs()]
@@ -175,6 +190,10 @@ class Peer:
     @property
     def _blob_protocol(self) -> str:
         return f"koinon/blob/{self.options.swarm}"
+
+    @property
+    def _ckpt_protocol(self) -> str:
+        return f"koinon/ckpt/{self.options.swarm}"
 
     def _append_from_cli(self, kind: str, body: dict):
         return self.ledger.append_own(kind, body)
@@ -513,6 +532,7 @@ class Peer:
         c = self.config
         r = self.round + 1
         self._verify_pending()
+        self._fetch_releases()
         self._round_gov = self.gov_index if self.gov_index >= 0 else None
         pre_state = state_hash(self.round, self.theta, self.outer.buffer)
         started = time.time()
@@ -789,6 +809,10 @@ class Peer:
         eval_loss = self.evaluate()
         theta = theta_hash(self.theta)
         sent = int(self.averager.bytes_sent.value)
+        samples = sum(int(v["samples"]) for m, v in (gathered or {}).items() if m in set(self.last_contributors))
+        if gathered:
+            self._ckpt_contributors |= set(self.last_contributors)
+            self._ckpt_samples += samples
         self._record(
             "round",
             {
@@ -796,9 +820,7 @@ class Peer:
                 "theta": bytes.fromhex(theta),
                 "prev_theta": bytes.fromhex(self._theta_hex),
                 "participants": sorted(group),
-                "samples": sum(
-                    int(v["samples"]) for m, v in (gathered or {}).items() if m in set(self.last_contributors)
-                ),
+                "samples": samples,
                 "bytes": sent - self._bytes_recorded,
                 "config": bytes.fromhex(config.config_hash()),
                 "gov": self._round_gov,
@@ -840,7 +862,73 @@ class Peer:
             theta, r = self.theta.clone(), self.round
         path = save_checkpoint(self.home / "checkpoints", self.model, theta, r, self.config)
         self._log(event="checkpoint", round=r, path=str(path), theta=theta_hash(theta))
+        if r > 0 and self.ledger.store.swarm_id is not None:
+            content = content_of(theta)
+            manifest = make_manifest(content, r, self.config)
+            self._record(
+                "checkpoint",
+                {
+                    "theta": manifest["theta"],
+                    "round": r,
+                    "parent": self._ckpt_parent,
+                    "config": bytes.fromhex(self.config.config_hash()),
+                    "gov": self.gov_index if self.gov_index >= 0 else None,
+                    "contributors": sorted(self._ckpt_contributors)[:4096],
+                    "data": [bytes.fromhex(d) for d in self.corpus.source_ids][:64],
+                    "samples": self._ckpt_samples,
+                    "manifest": manifest_id(manifest),
+                    "size": len(content),
+                },
+            )
+            self._ckpt_parent, self._ckpt_contributors, self._ckpt_samples = manifest["theta"], set(), 0
         return path
+
+    # --- releases: fetch the checkpoints governance released that we lack (docs/models.md) -------------------------
+    def _fetch_releases(self) -> None:
+        """Start fetching (in the background, one at a time) a released checkpoint this peer does not hold, in
+        chunks from the members that recorded it."""
+        if self._fetching is not None and self._fetching.is_alive():
+            return
+        gov = self.gov
+        if gov is None or not gov.releases:
+            return
+        folder = self.home / "checkpoints"
+        for tag, release in sorted(gov.releases.items()):
+            theta = bytes.fromhex(release["checkpoint"])
+            if (folder / f"{theta.hex()[:16]}.safetensors").exists():
+                continue
+            if time.monotonic() - self._fetch_failed.get(theta, -1e9) < 60:
+                continue
+            self._fetching = threading.Thread(
+                target=self._fetch_one, args=(tag, theta), daemon=True, name="koinon-fetch"
+            )
+            self._fetching.start()
+            return
+
+    def _fetch_one(self, tag: str, theta: bytes) -> None:
+        holders, manifest_hash = [], None
+        for e in self.ledger.store.iter_events(kind="checkpoint"):
+            if e.body["theta"] == theta and e.author != self.member:
+                holders.append(e.author)
+                manifest_hash = e.body["manifest"]
+        sources = {
+            h: (lambda req, h=h: self.ledger_service.call(h, self._ckpt_protocol, req)) for h in sorted(set(holders))
+        }
+        folder = self.home / "checkpoints"
+        try:
+            if not sources:
+                raise FetchError("no member recorded this checkpoint on the ledger")
+            content, manifest, report = fetch_checkpoint(
+                theta, sources, folder / "partial", manifest_hash=manifest_hash, stop=self.stop_event
+            )
+            config = TrainingConfig(**json.loads(manifest["config"]))
+            save_content(folder, content, int(manifest["round"]), config)
+            finish_fetch(folder / "partial", theta)
+            logger.info("release %s: fetched checkpoint %s from %d peer(s)", tag, theta.hex()[:12], len(report["from"]))
+            self._log(event="fetched", tag=tag, theta=theta.hex(), report=report)
+        except Exception as e:
+            self._fetch_failed[theta] = time.monotonic()
+            logger.warning("release %s: could not fetch checkpoint %s: %s", tag, theta.hex()[:12], e)
 
     def _log(self, **record: object) -> None:
         record.setdefault("time", time.time())

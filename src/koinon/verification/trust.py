@@ -252,3 +252,35 @@ class Trust:
         for name, d in deltas.items():
             row[STAT_FIELDS.index(name)] += d
         self.stats[member] = tuple(row)
+
+
+def credit_dict(state, checks: int = 0) -> dict:
+    """Verified credit per member after the final cuts: one row per member who committed or holds credit (credit
+    descending, then member id), its share of all credit in permille (integer arithmetic, rounded down), its
+    spot-check counts and the round its penalty lasts to (null: not penalised); plus the last ``checks`` resolved
+    spot-checks (oldest first)."""
+    t = state.trust
+    members = {m for m, c in state.credit.items() if c} | {m for m in t.stats if t.stat(m)["commits"]}
+    total = sum(state.credit.get(m, 0) for m in members)
+    penalised = t.penalised()
+    rows = []
+    for m in sorted(members, key=lambda m: (-state.credit.get(m, 0), m)):
+        credit = state.credit.get(m, 0)
+        stat = t.stat(m)
+        rows.append(
+            {
+                "member": m,
+                "credit": credit,
+                "share_permille": credit * 1000 // total if total > 0 else 0,
+                **{k: stat[k] for k in ("commits", "sampled", "verified", "failed", "false_accusations")},
+                "excluded_until": t.penalty[m] if m in penalised else None,
+            }
+        )
+    recent = t.history[-checks:] if checks > 0 else []
+    return {
+        "round": t.round,
+        "weight_rule": state.rules.weight,
+        "total": total,
+        "members": rows,
+        "checks": [c.to_dict() for c in recent],
+    }

@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/gov_bench.py
 	$(BIN)/python bench/byz_bench.py
 	$(BIN)/python bench/verify_bench.py
+	$(BIN)/python bench/sync_bench.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

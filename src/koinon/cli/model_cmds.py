@@ -36,6 +36,13 @@ EPILOG = {
 }
 
 
+def _quiet_transformers() -> None:
+    """No download/loading progress bars on stderr: our commands print what matters."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def _add(sub, name: str, help_text: str) -> argparse.ArgumentParser:
     return add_command(sub, name, help_text, EPILOG.get(name))
 
@@ -162,6 +169,7 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from transformers import ByT5Tokenizer
 
+    _quiet_transformers()
     from koinon.cli.gov_cmds import open_view
     from koinon.store.provenance import build_provenance, render_card
 
@@ -228,6 +236,7 @@ def _ledger_store(args: argparse.Namespace):
 def cmd_verify_card(args: argparse.Namespace) -> int:
     from koinon.store.provenance import CardError, verify_card
 
+    _quiet_transformers()
     store = _ledger_store(args)
     try:
         checked = verify_card(args.dir, store)

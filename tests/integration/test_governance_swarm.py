@@ -1,6 +1,7 @@
 """Governance in a live swarm: 3 real peers (separate processes on loopback) vote, and the decisions take effect.
 
 - a set-config proposal (H 10 → 5) passes and every peer trains with H = 5 from the same round, with identical θ;
+- a release passes for a checkpoint one peer has lost: its running peer fetches it in chunks from the others;
 - an expel proposal passes and the expelled peer's contributions stop counting on the others.
 
 Proposals and votes reach each running peer through its outbox (``koinon.ledger.outbox``), as the CLI's do.
@@ -18,6 +19,8 @@ from koinon.identity import Identity
 from koinon.ledger.node import LedgerNode
 from koinon.ledger.outbox import submit
 from koinon.ledger.store import LedgerStore
+from koinon.store.checkpoint import read_checkpoint
+from koinon.training.model import theta_hash
 from tests.integration.swarmkit import PeerProcess, wait_until
 
 pytestmark = pytest.mark.slow
@@ -73,6 +76,18 @@ def vote_when_open(homes: list[Path], pid: bytes, choices: list[str], peers: lis
         submit(home, "vote", {"proposal": pid, "choice": choice}, no_direct)
 
 
+def recorded_checkpoints(home: Path) -> dict[bytes, set[str]]:
+    """θ hash → the members whose ``checkpoint`` events for it this peer's ledger holds."""
+    store = LedgerStore(home / "ledger.sqlite")
+    try:
+        out: dict[bytes, set[str]] = {}
+        for e in store.iter_events(kind="checkpoint"):
+            out.setdefault(e.body["theta"], set()).add(e.author)
+        return out
+    finally:
+        store.close()
+
+
 def executed(home: Path, pid: bytes) -> bool:
     s = final_state(home)
     return s is not None and pid in s.proposals and s.proposals[pid].state == "executed"
@@ -126,10 +141,27 @@ def test_set_config_then_expel_take_effect_in_the_running_swarm(swarm):
         assert a[r]["theta"] == b[r]["theta"] == c[r]["theta"], f"round {r}: θ differs"
         assert a[r]["config"] == b[r]["config"] == c[r]["config"], f"round {r}: configuration differs"
 
-    # --- expel peer 2 ------------------------------------------------------------------------------------------
-    target = peers[2].metrics("start")[0]["member"]
+    # --- release a checkpoint peer 2 has lost, and expel peer 2 (both proposals run at once) --------------------
+    members = [p.metrics("start")[0]["member"] for p in peers]
+    wait_until(
+        lambda: any({members[0], members[1]} <= who for who in recorded_checkpoints(homes[0]).values()),
+        120,
+        "a checkpoint recorded by peers 0 and 1",
+        *peers,
+    )
+    theta = next(t for t, who in recorded_checkpoints(homes[0]).items() if {members[0], members[1]} <= who)
+    lost = homes[2] / "checkpoints" / f"{theta.hex()[:16]}.safetensors"
+    lost.unlink(missing_ok=True)
+    rid = propose(homes[0], "release", {"checkpoint": theta, "tag": "v1", "license": "Apache-2.0"}, "First release")
+    target = members[2]
     pid = propose(homes[0], "expel", {"member": target}, "Expel peer 2")
+    vote_when_open(homes[:2], rid, ["yes", "yes"], peers)
     vote_when_open(homes[:2], pid, ["yes", "yes"], peers)
+    wait_until(lambda: lost.exists() and peers[2].metrics("fetched"), 150, "peer 2 to fetch the release", *peers)
+    fetched = peers[2].metrics("fetched")[0]
+    assert fetched["tag"] == "v1" and fetched["theta"] == theta.hex()
+    assert sum(fetched["report"]["from"].values()) == fetched["report"]["chunks"]
+    assert theta_hash(read_checkpoint(lost)[0]) == theta.hex()
     wait_until(lambda: executed(homes[0], pid) and executed(homes[1], pid), 120, "the expel to execute", *peers)
     executed_at = max(p.last_round() for p in peers[:2])
     wait_until(

@@ -20,6 +20,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -174,37 +175,56 @@ def fetch_checkpoint(
     lock = threading.Lock()
     fd = os.open(part, os.O_RDWR)
 
-    def worker(name: str, call: Callable[[bytes], bytes]) -> None:
-        errors = 0
-        while not (stop is not None and stop.is_set()):
+    in_flight = [0]  # chunks taken by a worker and not yet written or put back
+
+    def take() -> int | None:
+        """The next missing chunk; -1 while others may still put one back; None when nothing is left."""
+        with lock:
             try:
                 i = todo.get_nowait()
             except queue.Empty:
+                return None if in_flight[0] == 0 else -1
+            in_flight[0] += 1
+            return i
+
+    def give_back(i: int | None) -> None:
+        with lock:
+            if i is not None:
+                todo.put(i)  # before the count drops, so no worker sees neither
+            in_flight[0] -= 1
+
+    def worker(name: str, call: Callable[[bytes], bytes]) -> None:
+        errors = 0
+        while not (stop is not None and stop.is_set()):
+            i = take()
+            if i is None:
                 return
+            if i < 0:
+                time.sleep(0.01)
+                continue
             try:
                 reply = cbor.decode(call(cbor.encode({"theta": theta, "chunk": i})))
                 data = reply["data"]
-                if not isinstance(data, bytes) or hashlib.sha256(data).digest() != manifest["chunks"][i]:
-                    todo.put(i)
-                    with lock:
-                        report["dropped"][name] = f"chunk {i} does not match the manifest"
-                    logger.warning(
-                        "checkpoint %s: %s served a corrupt chunk %d; skipping it", theta.hex()[:12], name, i
-                    )
-                    return
             except Exception as e:
-                todo.put(i)
+                give_back(i)
                 errors += 1
                 if errors >= max_errors:
                     with lock:
                         report["dropped"][name] = f"{errors} failed requests (last: {e!r})"
                     return
                 continue
+            if not isinstance(data, bytes) or hashlib.sha256(data).digest() != manifest["chunks"][i]:
+                give_back(i)
+                with lock:
+                    report["dropped"][name] = f"chunk {i} does not match the manifest"
+                logger.warning("checkpoint %s: %s served a corrupt chunk %d; skipping it", theta.hex()[:12], name, i)
+                return
             os.pwrite(fd, data, i * CHUNK)
             with lock:
                 done.add(i)
                 report["from"][name] += 1
                 _save_have(have_path, done)
+            give_back(None)
 
     try:
         threads = [threading.Thread(target=worker, args=item, daemon=True) for item in sources.items()]

@@ -46,10 +46,18 @@ def holders(tmp_path_factory):
 
 
 def sources(folders, corrupt=()):
-    return {
-        name: CheckpointServer(folder, corrupt=name in corrupt).handle
-        for name, folder in zip("abc", folders, strict=True)
-    }
+    """In-process peers; each answer takes 5 ms, like a network round trip, so all three get chunks."""
+
+    def peer(folder, bad):
+        server = CheckpointServer(folder, corrupt=bad)
+
+        def call(request: bytes) -> bytes:
+            time.sleep(0.005)
+            return server.handle(request)
+
+        return call
+
+    return {name: peer(folder, name in corrupt) for name, folder in zip("abc", folders, strict=True)}
 
 
 def test_fetch_from_three_peers_skips_the_one_serving_corrupt_chunks(holders, tmp_path):

@@ -124,7 +124,9 @@ def test_a_penalty_ends_after_its_rounds_and_governance_can_end_it_early():
     c.feed(*[c.commit(n, 2) for n in ("ann", "ben")])
     c.feed(c.commit("dan", 3))  # excluded: ignored
     assert c.s.trust.stat(M["dan"])["commits"] == 1
-    c.feed(c.commit("ann", 4))  # round 4 > 3: the penalty is over
+    c.feed(c.commit("ann", 4))  # one member ahead does not move the swarm's clock
+    assert M["dan"] in c.s.excluded() and c.s.trust.round == 2
+    c.feed(c.commit("ben", 4), c.commit("cat", 4))  # most are at round 4 > 3: the penalty is over
     assert M["dan"] not in c.s.excluded()
 
     c2 = Cuts(state(penalty=50))
@@ -132,3 +134,16 @@ def test_a_penalty_ends_after_its_rounds_and_governance_can_end_it_early():
     assert M["dan"] in c2.s.excluded()
     assert "readmitted" in apply_effect("admit", {"member": M["dan"]}, c2.s)
     assert M["dan"] not in c2.s.excluded()
+
+
+def test_a_commit_claiming_a_far_round_changes_nothing():
+    """One member claiming round 2^62 must not end penalties, expire checks or move the clock."""
+    c = Cuts(state(penalty=5))
+    convict(c, "dan", 1)
+    a = c.commit("ann", 2)
+    c.feed(a, c.commit("ben", 2), c.commit("cat", 2))
+    open_before = set(c.s.trust.checks)
+    c.feed(c.commit("ben", 2**62), c.commit("cat", 7))  # far ahead: both ignored
+    assert c.s.trust.round == 2 and M["dan"] in c.s.excluded()
+    assert set(c.s.trust.checks) == open_before and a.id in open_before
+    assert c.s.trust.stat(M["ben"])["commits"] == 2

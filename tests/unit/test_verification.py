@@ -202,3 +202,16 @@ def test_blobs_come_in_chunks_and_old_rounds_are_dropped(monkeypatch):
         fetch_blob(store.handle, blob_hash(tensors[1]))  # round 1 is gone (two rounds kept)
     assert store.get(evidence) is not None
     assert cbor.decode(store.handle(b"\xff not cbor")) == {"error": "malformed blob request"}
+
+
+@pytest.mark.parametrize(
+    "state",
+    [b"\x00" * 7, torch.full((10,), float("nan")).numpy().tobytes(), b""],
+    ids=["odd length", "NaN", "empty"],
+)
+def test_a_malformed_committed_state_fails_the_check_instead_of_crashing_the_verifier(corpus, honest, state):
+    key = honest.blobs.pin(state)
+    trace = list(honest.body["trace"])
+    trace[2] = key  # segment 1 starts from this "state"
+    out = honest.verify(corpus, 1, dict(honest.body, trace=trace))
+    assert out is not None and not out.ok and "can't be re-executed" in out.reason

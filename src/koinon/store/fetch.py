@@ -56,14 +56,15 @@ def manifest_id(manifest: dict) -> bytes:
     return hashlib.sha256(cbor.encode(manifest)).digest()
 
 
-def check_manifest(manifest: object, theta: bytes, expected_id: bytes | None = None) -> dict:
-    """Raise HashMismatch/StateError unless ``manifest`` is well formed, names ``theta`` and (if given) hashes to
-    ``expected_id`` (the id on the ledger)."""
+def check_manifest(manifest: object, theta: bytes, expected_id: bytes | None = None, size: int | None = None) -> dict:
+    """Raise HashMismatch/StateError unless ``manifest`` is well formed (our chunk size), names ``theta`` and (if
+    given) hashes to ``expected_id`` (the id on the ledger) and has ``size`` bytes."""
     if not isinstance(manifest, dict) or set(manifest) != {"theta", "size", "chunk", "chunks", "round", "config"}:
         raise StateError("malformed checkpoint manifest")
+    expected_size = size
     size, chunk, chunks = manifest["size"], manifest["chunk"], manifest["chunks"]
-    if not (isinstance(size, int) and isinstance(chunk, int) and isinstance(chunks, list)) or chunk <= 0:
-        raise StateError("malformed checkpoint manifest")
+    if not (isinstance(size, int) and isinstance(chunks, list)) or chunk != CHUNK or size < 0:
+        raise StateError("malformed checkpoint manifest (or another chunk size than ours)")
     if (
         len(chunks) != -(-size // chunk)
         or len(chunks) > MAX_CHUNKS
@@ -74,6 +75,8 @@ def check_manifest(manifest: object, theta: bytes, expected_id: bytes | None = N
         raise HashMismatch("the manifest is for another checkpoint")
     if expected_id is not None and manifest_id(manifest) != expected_id:
         raise HashMismatch("the manifest does not match the id the ledger records")
+    if expected_size is not None and size != expected_size:
+        raise StateError(f"the manifest says {size} bytes, the ledger {expected_size}")
     return manifest
 
 
@@ -143,6 +146,7 @@ def fetch_checkpoint(
     folder: Path,
     *,
     manifest_hash: bytes | None = None,
+    size: int | None = None,
     stop: threading.Event | None = None,
     max_errors: int = 3,
 ) -> tuple[bytes, dict, dict]:
@@ -155,7 +159,7 @@ def fetch_checkpoint(
     for name, call in sources.items():
         try:
             reply = cbor.decode(call(cbor.encode({"manifest": theta})))
-            manifest = check_manifest(reply.get("manifest"), theta, manifest_hash)
+            manifest = check_manifest(reply.get("manifest"), theta, manifest_hash, size)
             break
         except Exception as e:
             logger.info("no usable manifest from %s: %r", name, e)
@@ -194,6 +198,14 @@ def fetch_checkpoint(
             in_flight[0] -= 1
 
     def worker(name: str, call: Callable[[bytes], bytes]) -> None:
+        try:
+            fetch_from(name, call)
+        except Exception as e:  # e.g. a full disk: this worker stops, its chunk goes back, the others go on
+            with lock:
+                report["dropped"][name] = f"stopped: {e!r}"
+            logger.warning("checkpoint %s: fetching from %s stopped: %r", theta.hex()[:12], name, e)
+
+    def fetch_from(name: str, call: Callable[[bytes], bytes]) -> None:
         errors = 0
         while not (stop is not None and stop.is_set()):
             i = take()
@@ -219,11 +231,16 @@ def fetch_checkpoint(
                     report["dropped"][name] = f"chunk {i} does not match the manifest"
                 logger.warning("checkpoint %s: %s served a corrupt chunk %d; skipping it", theta.hex()[:12], name, i)
                 return
-            os.pwrite(fd, data, i * CHUNK)
-            with lock:
-                done.add(i)
-                report["from"][name] += 1
-                _save_have(have_path, done)
+            try:
+                os.pwrite(fd, data, i * CHUNK)
+                with lock:
+                    done.add(i)
+                    report["from"][name] += 1
+                    if len(done) % 16 == 0 or len(done) == n:  # the resume file: every 16 chunks, and at the end
+                        _save_have(have_path, done)
+            except BaseException:
+                give_back(i)
+                raise
             give_back(None)
 
     try:
@@ -233,6 +250,7 @@ def fetch_checkpoint(
         for t in threads:
             t.join()
         os.fsync(fd)
+        _save_have(have_path, done)  # what arrived, for a later resume (a crash loses at most 15 chunks)
     finally:
         os.close(fd)
     if len(done) < n:

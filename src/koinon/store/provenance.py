@@ -36,6 +36,11 @@ def _proof(order, index: int, event) -> dict:
     }
 
 
+def key_of(e) -> tuple:
+    x = e.body
+    return (x["round"], x["parent"], x["config"], x["manifest"], tuple(x["contributors"]), tuple(x["data"]))
+
+
 def build_provenance(store, theta: bytes, tag: str | None = None, cut_index: int | None = None) -> dict:
     """Every claim about checkpoint ``theta`` at final cut ``cut_index`` (default: the last), from ``store``."""
     from koinon.ledger.export import total_order
@@ -68,7 +73,12 @@ def build_provenance(store, theta: bytes, tag: str | None = None, cut_index: int
         raise CardError(
             f"checkpoint {theta.hex()[:16]} is not recorded in a final cut of this ledger (up to cut #{cut_index})"
         )
-    first = ckpts[0]
+    # members may record different lineage claims for the same θ: the card states the one most of them recorded
+    # (ties: the earliest in the log), never one member's word against the others'
+    groups: dict[tuple, list] = {}
+    for e in ckpts:
+        groups.setdefault(key_of(e), []).append(e)
+    first = max(groups.values(), key=lambda g: (len(g), -position[g[0].id]))[0]
     b = first.body
     by_theta: dict[bytes, object] = {}
     for e in events:
@@ -106,10 +116,12 @@ def build_provenance(store, theta: bytes, tag: str | None = None, cut_index: int
     credit = credit_dict(state)
     data_names = dict(state.data)
     seq_len = json.loads(state.config.canonical_json()).get("seq_len") if state.config else None
-    per_round: dict[int, int] = {}
+    reported: dict[int, list[int]] = {}
     for e in events:
         if e.kind == "round" and e.body["round"] <= b["round"]:
-            per_round[e.body["round"]] = max(per_round.get(e.body["round"], 0), int(e.body["samples"]))
+            reported.setdefault(e.body["round"], []).append(int(e.body["samples"]))
+    # each round's samples as most of its reporters saw them (the lower median): one member can't inflate them
+    per_round = {r: sorted(v)[(len(v) - 1) // 2] for r, v in reported.items()}
     samples = sum(per_round.values())
 
     decisions = []
@@ -134,7 +146,7 @@ def build_provenance(store, theta: bytes, tag: str | None = None, cut_index: int
             "round": b["round"],
             "config": b["config"].hex(),
             "manifest": b["manifest"].hex(),
-            "recorded_by": sorted({e.author for e in ckpts}),
+            "recorded_by": sorted({e.author for e in groups[key_of(first)]}),
             **_proof(prefix, position[first.id], first),
         },
         "lineage": lineage,

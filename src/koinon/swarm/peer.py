@@ -657,17 +657,25 @@ class Peer:
         between rounds, before the next round's announcement, so the time it takes is part of the next ETA and
         never makes this peer late for an all-reduce the others scheduled."""
         try:
-            gov = self.ledger.chain.final_governance()
-            if gov is None:
-                return
-            for check in gov.trust.tasks_for(self.member):
-                if budget <= 0 or self.stop_event.is_set():
-                    return
-                if self._answered.get(check.commit, 0) >= 0:
-                    budget -= 1
-                    self._answer(check)
-        except Exception as e:  # a bug here must not stop the peer
+            with self.ledger._lock:  # the ledger thread extends the chain meanwhile
+                gov = self.ledger.chain.final_governance()
+        except Exception as e:
             logger.warning("verification: %r", e)
+            return
+        if gov is None:
+            return
+        for check in gov.trust.tasks_for(self.member):
+            if budget <= 0 or self.stop_event.is_set():
+                return
+            tries = self._answered.get(check.commit, 0)
+            if tries < 0:
+                continue
+            budget -= 1
+            try:
+                self._answer(check)
+            except Exception as e:  # a bug here must not stop the peer, nor block the checks behind this one
+                logger.warning("verification of %s: %r", check.commit.hex()[:12], e)
+                self._answered[check.commit] = -1 if tries + 1 >= 3 else tries + 1
 
     def _answer(self, check) -> None:
         event = self.ledger.store.get(check.commit)
@@ -906,21 +914,34 @@ class Peer:
             return
 
     def _fetch_one(self, tag: str, theta: bytes) -> None:
-        holders, manifest_hash = [], None
+        holders: set[str] = set()
+        claims: dict[tuple[bytes, int], int] = {}  # (manifest id, size) → how many members recorded it
         for e in self.ledger.store.iter_events(kind="checkpoint"):
             if e.body["theta"] == theta and e.author != self.member:
-                holders.append(e.author)
-                manifest_hash = e.body["manifest"]
-        sources = {
-            h: (lambda req, h=h: self.ledger_service.call(h, self._ckpt_protocol, req)) for h in sorted(set(holders))
-        }
+                holders.add(e.author)
+                key = (e.body["manifest"], e.body["size"])
+                claims[key] = claims.get(key, 0) + 1
+        sources = {h: (lambda req, h=h: self.ledger_service.call(h, self._ckpt_protocol, req)) for h in sorted(holders)}
         folder = self.home / "checkpoints"
         try:
             if not sources:
                 raise FetchError("no member recorded this checkpoint on the ledger")
-            content, manifest, report = fetch_checkpoint(
-                theta, sources, folder / "partial", manifest_hash=manifest_hash, stop=self.stop_event
-            )
+            last: Exception | None = None
+            for manifest_hash, size in sorted(claims, key=lambda k: (-claims[k], k)):  # most recorded first
+                try:
+                    content, manifest, report = fetch_checkpoint(
+                        theta,
+                        sources,
+                        folder / "partial",
+                        manifest_hash=manifest_hash,
+                        size=size,
+                        stop=self.stop_event,
+                    )
+                    break
+                except FetchError as e:
+                    last = e
+            else:
+                raise last or FetchError("no manifest")
             config = TrainingConfig(**json.loads(manifest["config"]))
             save_content(folder, content, int(manifest["round"]), config)
             finish_fetch(folder / "partial", theta)

@@ -28,6 +28,7 @@ DOMAIN = b"koinon/verify/v1"
 ACTIVE_ROUNDS = 3  # a member who committed within this many rounds may be chosen to verify
 REFEREES = 3
 EXPIRY_ROUNDS = 8  # an unanswered check closes (without credit) this many rounds after its commit's round
+MAX_AHEAD = 4  # a commit may claim a round at most this far ahead of the swarm's round clock
 KEEP_ROUNDS = 64  # per-round credit is kept this long, so a false accuser can lose the credit of its round
 HISTORY = 256  # resolved checks kept for display (`koinon credit --checks`)
 
@@ -82,7 +83,7 @@ class Check:
 
 class Trust:
     def __init__(self) -> None:
-        self.round = 0  # the highest round any final commit claims
+        self.round = 0  # the swarm's round clock: the highest round at least half of the contributors reached
         self.last_commit: dict[str, int] = {}  # member → the last round it committed (one commit per round counts)
         self.checks: dict[bytes, Check] = {}  # open and accused checks, by commit id
         self.history: list[Check] = []  # resolved checks, newest last (bounded)
@@ -136,12 +137,14 @@ class Trust:
             b, author = e.body, e.author
             if author not in state.members or author in excluded or b["round"] <= self.last_commit.get(author, 0):
                 continue
+            if b["round"] > self.round + MAX_AHEAD:
+                continue  # a round far ahead of the swarm's clock: no member can move the clock alone
             if len(b["trace"]) < 4 or len(b["trace"]) % 2:
                 continue  # a trace needs at least one segment: (params, moments) at its two ends
             self.last_commit[author] = b["round"]
-            self.round = max(self.round, b["round"])
             self._bump(author, commits=1)
             fresh.append(e)
+        self.round = max(self.round, self._clock(state, excluded))
         permille = state.config.verify_permille if state.config is not None else 650
         for e in fresh:
             self._assign(state, index, seed, e, permille, excluded)
@@ -149,6 +152,14 @@ class Trust:
         floor = self.round - KEEP_ROUNDS
         if any(r < floor for _, r in self.round_credit):
             self.round_credit = {k: v for k, v in self.round_credit.items() if k[1] >= floor}
+
+    def _clock(self, state, excluded: set[str]) -> int:
+        """The highest round that at least half of the (non-excluded) contributors have committed: a minority can
+        neither push it ahead (ending penalties, expiring checks) nor hold it back."""
+        rounds = sorted(
+            (r for m, r in self.last_commit.items() if m in state.members and m not in excluded), reverse=True
+        )
+        return rounds[(len(rounds) + 1) // 2 - 1] if rounds else 0
 
     def _assign(self, state, index: int, seed: bytes, e, permille: int, excluded: set[str]) -> None:
         r = check_seed(seed, e.id)

@@ -168,6 +168,10 @@ def fetch_blob(call: Callable[[bytes], bytes], key: bytes) -> bytes:
     return data
 
 
+def content_bytes(t: torch.Tensor) -> bytes:
+    return t.detach().to(torch.float32).contiguous().numpy().tobytes()
+
+
 def as_tensor(data: bytes) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.float32)
 
@@ -232,14 +236,15 @@ def verify_commit(
     except Exception as e:
         logger.info("round %d: could not fetch %s's trace states: %r", r, author[-8:], e)
         return None
-    p0, m0 = (as_tensor(b) for b in start)
-    batches = list(
-        corpus.batches(shards, batch_seed(author, r), bounds[segment + 1], config.batch_size, config.seq_len)
-    )[bounds[segment] :]
-    trainer = trainer_factory(config)
     try:
-        gp, gm = trainer.replay(p0, m0, body["step0"] + bounds[segment], batches)
-    except (ValueError, FloatingPointError) as e:
+        p0, m0 = (as_tensor(b) for b in start)
+        if not (torch.isfinite(p0).all() and torch.isfinite(m0).all()):
+            raise ValueError("it is not finite")
+        batches = list(
+            corpus.batches(shards, batch_seed(author, r), bounds[segment + 1], config.batch_size, config.seq_len)
+        )[bounds[segment] :]
+        gp, gm = trainer_factory(config).replay(p0, m0, body["step0"] + bounds[segment], batches)
+    except Exception as e:  # any state or shard a peer can't train from is the author's fault, never a crash
         return fail(f"the segment's start state can't be re-executed: {e}", start)
     got = blob_hash(gp)
     if got == keys[2] and blob_hash(gm) == keys[3]:
@@ -251,9 +256,14 @@ def verify_commit(
         except Exception as e:
             logger.info("round %d: could not fetch %s's trace states: %r", r, author[-8:], e)
             return None
-        p1, m1 = (as_tensor(b) for b in end)
+        try:
+            p1, m1 = (as_tensor(b) for b in end)
+        except ValueError:
+            return fail("the trace's end state is not a float32 vector", start + end)
         if p1.shape != gp.shape or m1.shape != gm.shape:
             return fail("the trace's states have the wrong size", start + end)
+        if not (torch.isfinite(p1).all() and torch.isfinite(m1).all()):
+            return fail("the trace's end state is not finite", start + end)
         error = max(_rel_ppm(p1 - gp, gp - p0), _rel_ppm(m1 - gm, gm - m0))
         if error > TOLERANCE_PPM:
             return Outcome(False, error, got, f"segment {segment} differs by {error} ppm", start + end)
@@ -264,5 +274,6 @@ def verify_commit(
             logger.info("round %d: could not fetch θ from %s: %r", r, author[-8:], e)
             return None
         if theta.shape != p1.shape or blob_hash(torch.sub(theta, p1)) != body["delta"]:
-            return Outcome(False, error, got, "the committed Δ is not θ minus the trace's last state", start)
+            evidence = start + [content_bytes(theta)] + ([] if p1 is gp else end)
+            return Outcome(False, error, got, "the committed Δ is not θ minus the trace's last state", evidence)
     return Outcome(True, error, got, f"segment {segment} matches ({error} ppm)", [])

@@ -101,6 +101,29 @@ class PeerProcess:
         return path.read_text(errors="replace")[-n:] if path.exists() else ""
 
 
+def stop_all(peers: list[PeerProcess], timeout: float = 30) -> list[int | None]:
+    """SIGINT every running peer at once, then wait for each (a peer's clean exit takes a few seconds: in parallel,
+    not one after the other); SIGKILL whatever is still running after ``timeout``. Exit codes in order."""
+    running = [p for p in peers if p.proc.poll() is None]
+    for p in running:
+        p.kill_group(signal.SIGINT)
+    deadline = time.monotonic() + timeout
+    codes = []
+    for p in peers:
+        if p in running:
+            try:
+                p.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill_group(signal.SIGKILL)
+                p.proc.wait()
+                codes.append(None)
+                p.log.close()
+                continue
+            p.log.close()
+        codes.append(p.proc.returncode)
+    return codes
+
+
 def processes_in_group(pgid: int) -> set[int]:
     out = subprocess.run(["ps", "-eo", "pid=,pgid="], capture_output=True, text=True).stdout
     pids = set()

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from tests.integration.swarmkit import FAST, PeerProcess
+from tests.integration.swarmkit import FAST, PeerProcess, stop_all
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +33,4 @@ def test_nan_pseudo_gradients_are_rejected_with_the_senders_id(tmp_path):
         logs = honest[0].log_tail(10**6) + honest[1].log_tail(10**6)
         assert f"rejected pseudo-gradient part from peer {mallory_id}" in logs
     finally:
-        for p in peers:
-            if p.proc.poll() is None:
-                p.stop()
+        stop_all(peers)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.swarmkit import FAST, PeerProcess
+from tests.integration.swarmkit import FAST, PeerProcess, stop_all
 
 pytestmark = pytest.mark.slow
 
@@ -92,9 +92,7 @@ def run_swarm(home: Path, attack: str, reducer: str | None, must_finish: bool) -
             attacker=mallory.metrics("start")[0]["member"],
         )
     finally:
-        for p in peers:
-            if p.proc.poll() is None:
-                p.stop()
+        stop_all(peers)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.integration.swarmkit import FAST, PeerProcess
+from tests.integration.swarmkit import FAST, PeerProcess, stop_all
 
 pytestmark = pytest.mark.slow
 
@@ -34,9 +34,7 @@ def test_free_rider_is_convicted_and_earns_no_credit(tmp_path):
             code = p.proc.wait(max(1.0, deadline - time.monotonic()))
             assert code == 0, f"{p.home.name} exited {code}:\n{p.log_tail()}"
     finally:
-        for p in peers:
-            if p.proc.poll() is None:
-                p.stop()
+        stop_all(peers)
     out = subprocess.run(
         [sys.executable, "-m", "koinon", "credit", "--home", str(honest[0].home), "--json", "--checks", "256"],
         capture_output=True,

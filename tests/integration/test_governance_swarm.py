@@ -21,7 +21,7 @@ from koinon.ledger.outbox import submit
 from koinon.ledger.store import LedgerStore
 from koinon.store.checkpoint import read_checkpoint
 from koinon.training.model import theta_hash
-from tests.integration.swarmkit import PeerProcess, wait_until
+from tests.integration.swarmkit import PeerProcess, stop_all, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -107,9 +107,7 @@ def swarm(tmp_path):
         wait_until(lambda: all(p.last_round() >= 2 for p in peers), 180, "3 peers to run 2 rounds", *peers)
         yield peers
     finally:
-        for p in peers:
-            if p.proc.poll() is None:
-                p.stop()
+        stop_all(peers)
 
 
 def test_set_config_then_expel_take_effect_in_the_running_swarm(swarm):

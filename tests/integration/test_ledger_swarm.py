@@ -15,7 +15,7 @@ import pytest
 from koinon.identity import Identity
 from koinon.ledger.node import LedgerNode
 from koinon.ledger.store import LedgerStore
-from tests.integration.swarmkit import FAST, PeerProcess, wait_until
+from tests.integration.swarmkit import FAST, PeerProcess, stop_all, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +68,7 @@ def test_ledger_replicates_catches_up_and_audits(tmp_path):
         peers.append(back)
         wait_until(lambda: missed <= set(stored(back.home)), 120, "peer-2 to catch up on what it missed", *peers)
     finally:
-        codes = [p.stop() for p in peers]
+        codes = stop_all(peers)
     assert codes == [0] * len(codes), codes
 
     # after everyone stopped, the final logs are one a prefix of another (safety), and all non-empty

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.integration.swarmkit import PeerProcess, p2pd_pids, processes_in_group, wait_until
+from tests.integration.swarmkit import PeerProcess, p2pd_pids, processes_in_group, stop_all, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -26,9 +26,7 @@ def swarm(tmp_path_factory):
     others = [PeerProcess(root / f"peer-{i}", boot, extra=["--wait-for-peers", "3", *FAST]) for i in (1, 2)]
     peers = {"boot": boot, "root": root, "live": [first, *others], "all": [first, *others]}
     yield peers
-    for p in peers["all"]:
-        if p.proc.poll() is None:
-            p.stop()
+    stop_all(peers["all"])
 
 
 def _common_rounds(a: PeerProcess, b: PeerProcess) -> list[int]:
@@ -120,7 +118,7 @@ def test_sigint_leaves_no_process_behind(swarm):
     groups = {p: p.group_pids() for p in swarm["live"]}
     ours = set().union(*groups.values()) & before
     assert ours, "expected the running peers to own p2pd processes"
-    codes = [p.stop(timeout=60) for p in swarm["live"]]
+    codes = stop_all(swarm["live"], timeout=60)
     assert codes == [0] * len(codes), f"exit codes {codes}"
     time.sleep(1)
     assert not (p2pd_pids() & ours), "p2pd processes survived SIGINT"

@@ -531,7 +531,6 @@ class Peer:
     def run_round(self, contribute: bool = True) -> None:
         c = self.config
         r = self.round + 1
-        self._verify_pending()
         self._fetch_releases()
         self._round_gov = self.gov_index if self.gov_index >= 0 else None
         pre_state = state_hash(self.round, self.theta, self.outer.buffer)
@@ -652,10 +651,11 @@ class Peer:
         )
         self._record("commit", body)
 
-    def _verify_pending(self, budget: int = 3) -> None:
+    def _verify_pending(self, budget: int = 2) -> None:
         """Answer up to ``budget`` of the checks the final ledger assigns to us (as verifier or referee). Called
-        between rounds, before the next round's announcement, so the time it takes is part of the next ETA and
-        never makes this peer late for an all-reduce the others scheduled."""
+        after a round, before we announce the next one: meanwhile the others see us finishing the round and wait
+        for us, and the ETA we then announce starts after the checks, so they never make us late for an all-reduce
+        the others scheduled."""
         try:
             with self.ledger._lock:  # the ledger thread extends the chain meanwhile
                 gov = self.ledger.chain.final_governance()
@@ -835,6 +835,9 @@ class Peer:
             },
         )
         self._theta_hex, self._bytes_recorded = theta, sent
+        # checks go here, while our announcement still says we are finishing this round: peers starting the next
+        # one count us as "behind" and wait for us, and the ETA below includes the time the checks took
+        self._verify_pending()
         self._announce(
             round=self.round + 1,
             done=self.round,

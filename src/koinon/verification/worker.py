@@ -22,6 +22,7 @@ import torch
 
 from koinon.config import TrainingConfig
 from koinon.ledger import cbor
+from koinon.store.fetch import content_of
 
 logger = logging.getLogger("koinon.verify")
 
@@ -31,7 +32,7 @@ MAX_BLOB = 1 << 31
 
 
 def blob_hash(t: torch.Tensor) -> bytes:
-    return hashlib.sha256(t.detach().to(torch.float32).contiguous().numpy().tobytes()).digest()
+    return hashlib.sha256(content_of(t)).digest()
 
 
 def shard_hash(blocks: list[int]) -> bytes:
@@ -168,10 +169,6 @@ def fetch_blob(call: Callable[[bytes], bytes], key: bytes) -> bytes:
     return data
 
 
-def content_bytes(t: torch.Tensor) -> bytes:
-    return t.detach().to(torch.float32).contiguous().numpy().tobytes()
-
-
 def as_tensor(data: bytes) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.float32)
 
@@ -269,11 +266,12 @@ def verify_commit(
             return Outcome(False, error, got, f"segment {segment} differs by {error} ppm", start + end)
     if segment == len(bounds) - 2:  # the last segment ends where Δ = θ − θ_H comes from: check Δ's hash too
         try:
-            theta = as_tensor(fetch(body["theta"]))
+            theta_data = fetch(body["theta"])
+            theta = as_tensor(theta_data)
         except Exception as e:
             logger.info("round %d: could not fetch θ from %s: %r", r, author[-8:], e)
             return None
         if theta.shape != p1.shape or blob_hash(torch.sub(theta, p1)) != body["delta"]:
-            evidence = start + [content_bytes(theta)] + ([] if p1 is gp else end)
+            evidence = start + [theta_data] + ([] if p1 is gp else end)
             return Outcome(False, error, got, "the committed Δ is not θ minus the trace's last state", evidence)
     return Outcome(True, error, got, f"segment {segment} matches ({error} ppm)", [])

@@ -101,7 +101,7 @@ class PeerProcess:
         return path.read_text(errors="replace")[-n:] if path.exists() else ""
 
 
-def stop_all(peers: list[PeerProcess], timeout: float = 30) -> list[int | None]:
+def stop_all(peers: list[PeerProcess], timeout: float = 60) -> list[int | None]:
     """SIGINT every running peer at once, then wait for each (a peer's clean exit takes a few seconds: in parallel,
     not one after the other); SIGKILL whatever is still running after ``timeout``. Exit codes in order."""
     running = [p for p in peers if p.proc.poll() is None]
@@ -117,6 +117,8 @@ def stop_all(peers: list[PeerProcess], timeout: float = 30) -> list[int | None]:
                 p.kill_group(signal.SIGKILL)
                 p.proc.wait()
                 codes.append(None)
+                # shown with a failing test: what it was doing (a peer slow to leave dumps its threads' stacks)
+                print(f"--- {p.home.name} did not leave within {timeout:.0f} s; its log ends:\n{p.log_tail(8000)}")
                 p.log.close()
                 continue
             p.log.close()

@@ -12,7 +12,6 @@ anywhere it likes); alie is the one built to slip past coordinate-wise defences.
 from __future__ import annotations
 
 import math
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,22 +67,14 @@ class SwarmRun:
         return sorted(r for r, members in self.contributors.items() if self.attacker in members)
 
 
-def run_swarm(home: Path, attack: str, reducer: str | None, must_finish: bool) -> SwarmRun:
+def run_swarm(home: Path, attack: str, reducer: str | None, must_finish: bool, enough=None) -> SwarmRun:
+    """Run the swarm until the honest peers finish ``ROUNDS`` rounds (or 240 s pass), or until ``enough`` says
+    what the peers recorded so far already decides the test."""
     args = ["--wait-for-peers", "4", "--rounds", str(ROUNDS), *FAST, *(["--reducer", reducer] if reducer else [])]
     honest = [PeerProcess(home / "honest-0", extra=args)]
     peers = list(honest)
-    try:
-        boot = honest[0].maddrs()
-        honest += [PeerProcess(home / f"honest-{i}", boot, extra=args) for i in (1, 2)]
-        mallory = PeerProcess(home / "mallory", boot, extra=[*args, "--attack", attack])
-        peers = [*honest, mallory]
-        deadline = time.monotonic() + 240
-        for p in honest:
-            try:
-                code = p.proc.wait(max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                code = None  # a swarm wrecked by the attack may never finish its rounds: what it did is the result
-            assert code == 0 or not must_finish, f"{p.home.name} exited {code}:\n{p.log_tail()}"
+
+    def so_far() -> SwarmRun:
         return SwarmRun(
             attack=attack,
             reducer=reducer or "default",
@@ -91,6 +82,21 @@ def run_swarm(home: Path, attack: str, reducer: str | None, must_finish: bool) -
             honest=[p.rounds() for p in honest],
             attacker=mallory.metrics("start")[0]["member"],
         )
+
+    try:
+        boot = honest[0].maddrs()
+        honest += [PeerProcess(home / f"honest-{i}", boot, extra=args) for i in (1, 2)]
+        mallory = PeerProcess(home / "mallory", boot, extra=[*args, "--attack", attack])
+        peers = [*honest, mallory]
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and any(p.proc.poll() is None for p in honest):
+            if enough is not None and all(p.metrics("start") for p in (honest[0], mallory)) and enough(so_far()):
+                return so_far()
+            time.sleep(1.0)
+        for p in honest:
+            code = p.proc.poll()  # None: a swarm wrecked by the attack may never finish; what it did is the result
+            assert code == 0 or not must_finish, f"{p.home.name} exited {code}:\n{p.log_tail()}"
+        return so_far()
     finally:
         stop_all(peers)
 
@@ -103,7 +109,10 @@ def swarm(tmp_path_factory):
     def get(attack: str, reducer: str | None = None) -> SwarmRun:
         if (attack, reducer) not in runs:
             home = tmp_path_factory.mktemp(f"{attack}-{reducer or 'default'}")
-            runs[attack, reducer] = run_swarm(home, attack, reducer, must_finish=reducer != "mean")
+            if reducer == "mean":  # the test needs one round the attacker hurt: stop the swarm once there is one
+                runs[attack, reducer] = run_swarm(home, attack, reducer, False, lambda run: run.worst_rise()[0] > RISE)
+            else:
+                runs[attack, reducer] = run_swarm(home, attack, reducer, must_finish=True)
         return runs[attack, reducer]
 
     return get
@@ -115,11 +124,19 @@ def test_robust_reducer_trains_through_one_byzantine_peer_among_four(swarm, atta
     a, b, c = run.honest
     assert run.attacked_rounds, f"the attacker never counted in an average: nothing was tested ({run.contributors})"
     for r in sorted(set(a) | set(b) | set(c)):
-        # a peer that fell behind in a round (a loaded machine) re-syncs and has no record of it: compare the rest
-        thetas = {h[r]["theta"] for h in run.honest if r in h}
-        assert len(thetas) == 1, f"round {r}: honest peers diverged: {thetas}"
+        # The exact all-reduce gives every member of a group the same θ. On a loaded machine a round can split in
+        # two groups (each with its own θ; the next round's all-gather re-syncs the minority), and a peer that fell
+        # behind re-syncs and has no record of the round: so compare the honest peers that averaged together.
+        groups: dict[tuple[str, ...], set[str]] = {}
+        for h in run.honest:
+            if r in h and not h[r]["resynced"]:
+                groups.setdefault(tuple(h[r]["group"]), set()).add(h[r]["theta"])
+        for group, thetas in groups.items():
+            assert len(thetas) == 1, f"round {r}: honest members of one group diverged: {group} → {thetas}"
         assert all(math.isfinite(h[r]["eval_loss"]) for h in run.honest if r in h), f"round {r}: θ is not finite"
     assert all(ROUNDS in h for h in run.honest), "an honest peer did not end at the last round"
+    # a planned stop settles a last-round split (peer._settle): all honest peers end on one θ
+    assert len({h[ROUNDS]["theta"] for h in run.honest}) == 1, "the honest peers ended on different θ"
     losses = [run.start_loss] + [a[r]["eval_loss"] for r in sorted(a)]
     assert run.end_loss < run.start_loss - FALL, f"{attack}: the eval loss did not fall enough: {losses}"
 

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from koinon import __version__
@@ -15,6 +16,20 @@ from koinon.cli import gov_cmds, ledger_cmds, model_cmds
 from koinon.cli.common import add_command, default_home
 from koinon.errors import KoinonError
 from koinon.swarm.attacks import ATTACKS
+
+LEAVE_WARNING_S = 20.0  # a peer still leaving after this long prints where it is stuck
+
+
+def _report_slow_exit(after: float) -> None:
+    """Leaving normally takes a few seconds (finish the step, record the leave, stop the averager and the DHT).
+    If it takes longer, say so and print every thread's stack: a hang report users can file as it is."""
+    import faulthandler
+    import time
+
+    time.sleep(after)
+    logging.getLogger("koinon").warning("still leaving after %.0f s; where each thread is:", after)
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+
 
 EPILOG = {
     "id": "example:\n  koinon id --home ~/.koinon",
@@ -223,8 +238,13 @@ def cmd_start(args: argparse.Namespace) -> int:
     peer = Peer(options)
 
     def stop(signum, _frame):
-        logging.getLogger("koinon").info("received %s: leaving after the current step", signal.Signals(signum).name)
+        log = logging.getLogger("koinon")
+        if peer.stop_event.is_set():  # a second Ctrl-C: the user does not want to wait (the ledger is SQLite in
+            log.warning("received %s again: leaving now", signal.Signals(signum).name)  # WAL mode; checkpoints
+            os._exit(130)  # are written to a temporary file and renamed: neither is left half-written)
+        log.info("received %s: leaving after the current step (again to leave at once)", signal.Signals(signum).name)
         peer.stop_event.set()
+        threading.Thread(target=_report_slow_exit, args=(LEAVE_WARNING_S,), daemon=True).start()
 
     try:
         maddrs = peer.start()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from koinon import __version__
 from koinon.aggregation import REDUCERS
-from koinon.cli import gov_cmds, ledger_cmds, model_cmds
+from koinon.cli import gov_cmds, ledger_cmds, model_cmds, serve_cmds
 from koinon.cli.common import add_command, default_home
 from koinon.errors import KoinonError
 from koinon.swarm.attacks import ATTACKS
@@ -92,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     ledger_cmds.register(sub)
     gov_cmds.register(sub)
     model_cmds.register(sub)
+    serve_cmds.register(sub)
     return p
 
 
@@ -275,7 +276,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     verbose = bool(getattr(args, "verbose", False))
-    if args.command in ("start", "demo"):  # importing hivemind takes 1–7 s: only the commands that run peers
+    if args.command in ("start", "demo", "serve", "ask"):  # importing hivemind takes 1–7 s: only the commands that run peers
         from koinon.swarm.node import quiet_hivemind
 
         quiet_hivemind(verbose)
@@ -296,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         **ledger_cmds.main_commands(),
         **gov_cmds.main_commands(),
         **model_cmds.main_commands(),
+        **serve_cmds.main_commands(),
     }
     if args.command is None:
         _parser().print_help()

@@ -18,8 +18,14 @@ ANNOUNCE_TTL = 20.0
 
 
 class Announcer:
-    def __init__(self, dht, swarm: str, member: str, ttl: float = ANNOUNCE_TTL) -> None:
-        self.dht, self.key, self.member, self.ttl = dht, f"{swarm}_peers", member, ttl
+    """One record under ``<swarm>_<kind>``: ``peers`` for training peers (``round`` required), ``servers`` for
+    ``koinon serve`` (koinon.serve; ``load`` required)."""
+
+    def __init__(
+        self, dht, swarm: str, member: str, ttl: float = ANNOUNCE_TTL, kind: str = "peers", required: str = "round"
+    ) -> None:
+        self.dht, self.key, self.member, self.ttl = dht, f"{swarm}_{kind}", member, ttl
+        self.required = required
         self._record: dict = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -60,6 +66,6 @@ class Announcer:
             return out
         for subkey, item in found.value.items():
             value = getattr(item, "value", None)
-            if isinstance(value, dict) and isinstance(value.get("round"), int) and value.get("member") == subkey:
+            if isinstance(value, dict) and isinstance(value.get(self.required), int) and value.get("member") == subkey:
                 out[str(subkey)] = value
         return out

@@ -58,13 +58,14 @@ def _tcp_port_in_use(maddr: str) -> bool:
 
 
 def start_dht(
-    identity: Identity,
+    identity: Identity | None,
     listen: Sequence[str],
     initial_peers: Sequence[str],
     announce: Sequence[str] = (),
     connect_timeout: float = 15.0,
 ):
-    """Start a ``hivemind.DHT`` whose libp2p identity is the member key. Raises a SwarmError with the fix."""
+    """Start a ``hivemind.DHT`` whose libp2p identity is the member key (``None``: a fresh one, for a node that
+    only announces or looks up, like ``koinon serve`` and ``koinon ask``). Raises a SwarmError with the fix."""
     import hivemind
 
     for maddr in listen:
@@ -81,8 +82,7 @@ def start_dht(
             host_maddrs=list(listen),
             announce_maddrs=list(announce) or None,
             initial_peers=list(initial_peers),
-            identity_path=str(identity.path),
-            check_if_identity_free=False,
+            **(dict(identity_path=str(identity.path), check_if_identity_free=False) if identity else {}),
             await_ready=True,
         )
     except Exception as e:
@@ -95,7 +95,7 @@ def start_dht(
         if "address already in use" in text.lower():
             raise AddressInUse(f"a listen address is already in use ({', '.join(listen)}); pick another port") from e
         raise SwarmError(f"could not start the swarm node: {text.splitlines()[0] if text else type(e).__name__}") from e
-    if dht.peer_id.to_base58() != identity.member_id:
+    if identity is not None and dht.peer_id.to_base58() != identity.member_id:
         dht.shutdown()
         raise SwarmError("p2pd did not take the member key as its identity; is the key file readable?")
     if initial_peers:

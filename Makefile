@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/byz_bench.py
 	$(BIN)/python bench/verify_bench.py
 	$(BIN)/python bench/sync_bench.py
+	$(BIN)/python bench/serve_bench.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

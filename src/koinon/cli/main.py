@@ -276,7 +276,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     verbose = bool(getattr(args, "verbose", False))
-    if args.command in ("start", "demo", "serve", "ask"):  # importing hivemind takes 1–7 s: only the commands that run peers
+    if args.command in (
+        "start",
+        "demo",
+        "serve",
+        "ask",
+    ):  # importing hivemind takes 1–7 s: only the commands that run peers
         from koinon.swarm.node import quiet_hivemind
 
         quiet_hivemind(verbose)

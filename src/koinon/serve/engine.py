@@ -119,17 +119,19 @@ class Engine:
         with self._lock:
             self.active -= 1
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _run(self, wave: list[Request]) -> None:
         self.batches += 1
         self.rows += len(wave)
         width = max(len(r.prompt) for r in wave)
+        # how many tokens each row may still produce: its max_tokens, capped by the context
+        budget = [min(r.max_tokens, self.context - len(r.prompt)) for r in wave]
         ids = torch.full((len(wave), width), PAD_ID, dtype=torch.long)
-        mask = torch.zeros((len(wave), width), dtype=torch.long)
+        mask = torch.zeros((len(wave), width + max(budget)), dtype=torch.long)  # grows into the tail
         for i, r in enumerate(wave):
             ids[i, width - len(r.prompt) :] = torch.tensor(r.prompt)
             mask[i, width - len(r.prompt) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)
         generators = []
         for r in wave:
             g = None
@@ -140,14 +142,24 @@ class Engine:
                 else:
                     g.seed()  # a fresh random seed
             generators.append(g)
-        # how many tokens each row may still produce: its max_tokens, capped by the context
-        budget = [min(r.max_tokens, self.context - len(r.prompt)) for r in wave]
+        greedy = all(r.temperature <= 0 for r in wave)
         done = [False] * len(wave)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        length = width
+        out = self.model(
+            input_ids=ids, attention_mask=mask[:, :length], position_ids=positions, use_cache=True, logits_to_keep=1
+        )
         cache = out.cache
         logits = out.logits[:, -1, :]
         while True:
-            chosen = torch.full((len(wave),), PAD_ID, dtype=torch.long)
+            if greedy:
+                chosen = torch.argmax(logits, dim=-1)
+                picks = chosen.tolist()
+            else:
+                picks = [
+                    PAD_ID if done[i] else _choose(logits[i], r.temperature, r.top_p, generators[i])
+                    for i, r in enumerate(wave)
+                ]
+                chosen = torch.tensor(picks, dtype=torch.long)
             for i, r in enumerate(wave):
                 if done[i]:
                     continue
@@ -155,8 +167,7 @@ class Engine:
                     done[i] = True
                     self._finish(r, "cancelled")
                     continue
-                token = _choose(logits[i], r.temperature, r.top_p, generators[i])
-                chosen[i] = token
+                token = picks[i]
                 if token == EOS_ID:
                     done[i] = True
                     self._finish(r, "stop")
@@ -170,11 +181,11 @@ class Engine:
                 return
             if self.token_delay:
                 time.sleep(self.token_delay)
-            mask = torch.cat([mask, torch.ones((len(wave), 1), dtype=torch.long)], dim=1)
+            length += 1  # the rows that ended go on with a masked-in token nobody reads; the tail is all ones
             positions = positions[:, -1:] + 1
             out = self.model(
                 input_ids=chosen[:, None],
-                attention_mask=mask,
+                attention_mask=_grow(mask, length),
                 position_ids=positions,
                 cache=cache,
                 use_cache=True,
@@ -182,6 +193,12 @@ class Engine:
             )
             cache = out.cache
             logits = out.logits[:, -1, :]
+
+
+def _grow(mask: torch.Tensor, length: int) -> torch.Tensor:
+    """The attention mask with one more position attended to by every row."""
+    mask[:, length - 1] = 1
+    return mask[:, :length]
 
 
 def _choose(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:

@@ -368,8 +368,14 @@ def build_app(served: Served, engine: Engine, max_concurrency: int):
             }
 
         async def next_event() -> None:
-            """Wait for one token or end of one choice; cancel a choice that hit a stop string."""
-            i, (token, reason) = await inbox.get()
+            """Wait for the next token (then take every one already waiting: a busy server sends them in one
+            chunk), or the end of a choice; cancel a choice that hit a stop string."""
+            take(*await inbox.get())
+            while not inbox.empty():
+                take(*inbox.get_nowait())
+
+        def take(i: int, item: tuple[int | None, str | None]) -> None:
+            token, reason = item
             c = choices[i]
             if c.finish is not None and reason is None:
                 return  # a token after a stop string: the cancel is on its way

@@ -119,6 +119,11 @@ def choose_checkpoint(home: Path, ref: str, unreleased: bool) -> tuple[Path, str
     swarm, releases = releases_of(home)
     folder = Path(home) / "checkpoints"
     if ref == "latest" and not unreleased:
+        if swarm is None:
+            raise StateError(
+                f"{home} has no swarm ledger, so no release to serve; give --home of a member, or serve this "
+                "folder's newest checkpoint anyway with --unreleased"
+            )
         if not releases:
             raise StateError(
                 "no release has passed this swarm's governance yet, so there is nothing to serve; propose one "

@@ -15,6 +15,13 @@ def default_home() -> Path:
     return Path(os.environ.get("KOINON_HOME", Path.home() / ".koinon"))
 
 
+def home_option(sp: argparse.ArgumentParser) -> None:
+    """``--home``, the member folder, as every command that reads or writes one takes it."""
+    sp.add_argument(
+        "--home", type=Path, default=default_home(), help="member folder (default: $KOINON_HOME or ~/.koinon)"
+    )
+
+
 def add_command(sub, name: str, help_text: str, epilog: str | None) -> argparse.ArgumentParser:
     """A subcommand whose ``--help`` shows its description and examples, with its own ``-v``."""
     sp = sub.add_parser(

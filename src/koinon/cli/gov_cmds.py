@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from koinon.cli.common import add_command, default_home, run_standalone
+from koinon.cli.common import add_command, home_option, run_standalone
 from koinon.errors import ConfigError, GovernanceError, LedgerError
 from koinon.verification.trust import credit_dict
 
@@ -108,22 +108,16 @@ def _add(sub, name: str, help_text: str) -> argparse.ArgumentParser:
     return add_command(sub, name, help_text, EPILOG.get(name))
 
 
-def _home_option(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument(
-        "--home", type=Path, default=default_home(), help="member folder (default: $KOINON_HOME or ~/.koinon)"
-    )
-
-
 def register(sub) -> None:
     """Add the governance commands to ``koinon``'s subparsers (``argparse._SubParsersAction``)."""
     sp = _add(sub, "init", "Found a new swarm: a ledger whose genesis event is a charter (rules, founders, training).")
     sp.add_argument("name", nargs="?", default=None, metavar="NAME", help="the swarm's name (default: the charter's)")
     sp.add_argument("--charter", type=Path, default=None, metavar="FILE", help="charter TOML (default: the example)")
-    _home_option(sp)
+    home_option(sp)
 
     sp = _add(sub, "propose", "Propose a decision to the swarm's members (signed and appended to your feed).")
     sp.set_defaults(propose_parser=sp)
-    _home_option(sp)
+    home_option(sp)
     kinds = sp.add_subparsers(dest="kind", metavar="KIND")
 
     def kind(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -162,33 +156,33 @@ def register(sub) -> None:
     sp.add_argument(
         "choice", choices=("yes", "no", "abstain"), help="yes, no or abstain (abstentions count for quorum)"
     )
-    _home_option(sp)
+    home_option(sp)
 
     sp = _add(sub, "delegate", "Let another member's votes count for you when you do not vote yourself.")
     sp.add_argument("member", nargs="?", default=None, metavar="MEMBER", help="a member id, or a unique tail of one")
     sp.add_argument("--revoke", action="store_true", help="withdraw your delegation")
-    _home_option(sp)
+    home_option(sp)
 
     sp = _add(sub, "proposals", "List proposals: open ones (pending, active, passed, queued), or all.")
     sp.add_argument("--all", action="store_true", help="also closed ones (rejected, expired, executed, …)")
     sp.add_argument("--json", action="store_true", help="print JSON")
-    _home_option(sp)
+    home_option(sp)
 
     sp = _add(sub, "proposal", "Show one proposal: its text, effect, window, tally, voters and history.")
     sp.add_argument("proposal", metavar="ID", help="the proposal id, or a unique prefix of 8+ hex digits")
     sp.add_argument("--json", action="store_true", help="print JSON")
-    _home_option(sp)
+    home_option(sp)
 
     sp = _add(sub, "charter", "Show the swarm's charter and what is in force now: rules, configuration, data, members.")
     sp.add_argument("--json", action="store_true", help="print JSON")
-    _home_option(sp)
+    home_option(sp)
 
     sp = _add(sub, "credit", "Show each member's verified credit (samples) and share, spot-checks and penalties.")
     sp.add_argument(
         "--checks", type=int, default=0, metavar="N", help="also list the last N resolved spot-checks (default 0)"
     )
     sp.add_argument("--json", action="store_true", help="print JSON")
-    _home_option(sp)
+    home_option(sp)
 
 
 def main_commands() -> dict[str, Callable[[argparse.Namespace], int]]:

@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from koinon.cli.common import add_command, default_home, run_standalone
+from koinon.cli.common import add_command, home_option, run_standalone
 from koinon.errors import ConfigError, KoinonError, StateError
 
 EPILOG = {
@@ -47,12 +47,6 @@ def _add(sub, name: str, help_text: str) -> argparse.ArgumentParser:
     return add_command(sub, name, help_text, EPILOG.get(name))
 
 
-def _home(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument(
-        "--home", type=Path, default=default_home(), help="member folder (default: $KOINON_HOME or ~/.koinon)"
-    )
-
-
 def _checkpoint_option(sp: argparse.ArgumentParser) -> None:
     sp.add_argument(
         "--checkpoint",
@@ -64,12 +58,12 @@ def _checkpoint_option(sp: argparse.ArgumentParser) -> None:
 
 def register(sub) -> None:
     sp = _add(sub, "checkpoints", "List this member's checkpoints (newest first) and the swarm's releases.")
-    _home(sp)
+    home_option(sp)
     sp = _add(sub, "export", "Write a checkpoint as a Hugging Face model directory with a provable model card.")
     _checkpoint_option(sp)
     sp.add_argument("--format", choices=["hf"], default="hf", help="hf: transformers' from_pretrained layout")
     sp.add_argument("dir", type=Path, metavar="DIR", help="the directory to create (must not exist yet)")
-    _home(sp)
+    home_option(sp)
     sp = _add(sub, "verify-card", "Check every claim of an exported model card against a ledger export.")
     sp.add_argument("dir", type=Path, metavar="DIR", help="a directory written by `koinon export`")
     sp.add_argument(
@@ -79,7 +73,7 @@ def register(sub) -> None:
         metavar="EXPORT",
         help="a `koinon ledger export` file (default: the member folder's ledger)",
     )
-    _home(sp)
+    home_option(sp)
     sp = _add(sub, "generate", "Sample text from a checkpoint on this machine.")
     sp.add_argument("prompt", metavar="PROMPT")
     _checkpoint_option(sp)
@@ -87,7 +81,7 @@ def register(sub) -> None:
     sp.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default 0.95)")
     sp.add_argument("--max-tokens", type=int, default=200, help="bytes to generate (default 200)")
     sp.add_argument("--seed", type=int, default=None, help="sampling seed (reproducible output)")
-    _home(sp)
+    home_option(sp)
 
 
 def main_commands() -> dict[str, Callable[[argparse.Namespace], int]]:

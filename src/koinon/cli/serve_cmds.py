@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from koinon.cli.common import add_command, default_home, run_standalone
+from koinon.cli.common import add_command, home_option, run_standalone
 from koinon.errors import ConfigError, StateError
 
 logger = logging.getLogger("koinon.serve")
@@ -31,12 +31,6 @@ EPILOG = {
         "  koinon ask 'import os' --server http://127.0.0.1:8000 --max-tokens 64 --temperature 0"
     ),
 }
-
-
-def _home(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument(
-        "--home", type=Path, default=default_home(), help="member folder (default: $KOINON_HOME or ~/.koinon)"
-    )
 
 
 def _dht_options(sp: argparse.ArgumentParser) -> None:
@@ -72,7 +66,7 @@ def register(sub) -> None:
     sp.add_argument("--listen", nargs="+", default=["/ip4/0.0.0.0/tcp/0"], metavar="MADDR", help=argparse.SUPPRESS)
     # testing only: a slow server, to kill in the middle of an answer (tests/e2e/test_serve.py)
     sp.add_argument("--token-delay-ms", type=float, default=0.0, help=argparse.SUPPRESS)
-    _home(sp)
+    home_option(sp)
 
     sp = add_command(sub, "ask", "Ask the swarm's model: find a server, stream the answer, fail over.", EPILOG["ask"])
     sp.add_argument("prompt", metavar="PROMPT")
@@ -87,7 +81,7 @@ def register(sub) -> None:
     sp.add_argument("--unreleased", action="store_true", help="accept servers of any model (no release check)")
     sp.add_argument("--swarm", default=None, metavar="ID", help="swarm id to look for servers of (default: --home's)")
     _dht_options(sp)
-    _home(sp)
+    home_option(sp)
 
 
 def main_commands() -> dict[str, Callable[[argparse.Namespace], int]]:

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.koinon-installed
 PEERS ?= 3
 MINUTES ?= 3
 
-.PHONY: demo test bench lint venv clean
+.PHONY: demo test bench lint venv clean browser
 
 venv: $(STAMP)
 
@@ -20,7 +20,18 @@ $(STAMP): requirements.lock pyproject.toml
 demo: $(STAMP)
 	$(BIN)/koinon demo --peers $(PEERS) --minutes $(MINUTES)
 
-test: $(STAMP)
+# The dashboard's browser tests drive Debian's Chromium through its ChromeDriver (no browser download): install
+# them when missing and we may (root with apt-get); otherwise those tests are skipped and say why.
+browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's chromium and chromium-driver for the dashboard's browser tests"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; } || \
+	    echo "could not install chromium: the browser tests will be skipped"; \
+	  else echo "no /usr/bin/chromium (apt-get install chromium chromium-driver): the browser tests will be skipped"; fi; }
+
+test: $(STAMP) browser
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest -q
 

@@ -68,3 +68,6 @@ def test_demo_trains_and_summarises(tmp_path):
         assert row["verified"] >= 1 and row["credit"] > 0, row
         assert row["failed"] == 0 and row["false_accusations"] == 0 and row["excluded_until"] is None, row
     assert "Verification" in out.stdout
+    # peer-0 served the dashboard while the demo ran, and the demo said where (with the write token)
+    token = (tmp_path / "run" / "peer-0" / "dashboard.token").read_text().strip()
+    assert "dashboard: http://127.0.0.1:" in out.stdout and f"?token={token}" in out.stdout

@@ -508,6 +508,19 @@ def _print_attack(a: dict) -> None:
     console.print(f"verdict       {verdict}")
 
 
+def _dashboard_url(home: Path, timeout: float = 20.0) -> str | None:
+    """peer-0's dashboard address with its token (it writes both when the dashboard is up)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            url = (home / "dashboard.url").read_text().strip()
+            token = (home / "dashboard.token").read_text().strip()
+            return f"{url}?token={token}"
+        except OSError:
+            time.sleep(0.2)
+    return None
+
+
 def run_demo(args: argparse.Namespace) -> int:
     if args.peers < 1:
         raise ConfigError("--peers must be at least 1")
@@ -528,7 +541,9 @@ def run_demo(args: argparse.Namespace) -> int:
         if value is not None:
             extra += [flag, str(value)]
     attack = getattr(args, "attack", None)
-    peers = [LocalPeer(i, workdir / f"peer-{i}", extra) for i in range(args.peers)]
+    dashboard = getattr(args, "dashboard", "off")
+    board = ["--dashboard", dashboard] if dashboard and dashboard != "off" else []
+    peers = [LocalPeer(i, workdir / f"peer-{i}", extra + (board if i == 0 else [])) for i in range(args.peers)]
     if attack:  # one more peer, Byzantine on purpose; it votes "no" in the governance script (the last peer)
         peers.append(LocalPeer(args.peers, workdir / f"peer-{args.peers}", extra, attack=attack))
     threads = max(1, (os.cpu_count() or 1) // len(peers))
@@ -542,6 +557,11 @@ def run_demo(args: argparse.Namespace) -> int:
         peers[0].start([], len(peers), threads)
         bootstrap = peers[0].maddrs(timeout=120)
         console.print(f"peer-0 is up: {bootstrap[0]}")
+        if board:
+            url = _dashboard_url(peers[0].home)
+            console.print(
+                f"dashboard: {url}" if url else "dashboard: not up (see peer-0/peer.log)", markup=False, soft_wrap=True
+            )
         for p in peers[1:]:
             p.start(bootstrap, len(peers), threads)
         t0 = time.monotonic()

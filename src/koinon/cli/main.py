@@ -74,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--minutes", type=float, default=3.0, help="training time in minutes (default 3)")
     sp.add_argument("--workdir", type=Path, default=None, help="where peer homes go (default: a new folder in runs/)")
     sp.add_argument("--summary-json", type=Path, default=None, help="also write the end summary as JSON here")
+    sp.add_argument(
+        "--dashboard",
+        default="127.0.0.1:0",
+        metavar="[HOST:]PORT",
+        help="where peer-0 serves the web dashboard (default 127.0.0.1 and a free port; `off`: none)",
+    )
     sp.add_argument("--data", type=Path, nargs="+", default=None, help="text files or folders (default: Python stdlib)")
     sp.add_argument("--inner-steps", type=int, default=None, help="H, inner steps per round (default 50)")
     sp.add_argument("--model-size", default=None, choices=["tiny", "small", "base"], help="default tiny")
@@ -167,6 +173,12 @@ def _add_peer_arguments(sp: argparse.ArgumentParser) -> None:
         help="how each part of the pseudo-gradients is aggregated: a Byzantine-robust reducer or the plain mean "
         "(default centered_clip; docs/training.md)",
     )
+    sp.add_argument(
+        "--dashboard",
+        default=None,
+        metavar="[HOST:]PORT",
+        help="serve the web dashboard from this peer (host 127.0.0.1 unless given; docs/dashboard.md)",
+    )
     sp.add_argument("--rounds", type=int, default=None, help="stop after this many rounds (default: run until Ctrl-C)")
     sp.add_argument("--wait-for-peers", type=int, default=1, help="before round 1, wait until N peers are up")
     sp.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
@@ -255,6 +267,13 @@ def cmd_start(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, stop)
         (Path(args.home) / "maddrs").write_text("\n".join(maddrs) + "\n")
         print(f"member {peer.member}", flush=True)
+        if args.dashboard is not None:
+            from koinon.dashboard.app import start_dashboard
+
+            print(f"dashboard {start_dashboard(Path(args.home), args.dashboard, peer)}", flush=True)
+            print(
+                f"  (the token also lives in {Path(args.home) / 'dashboard.token'}, readable by you only)", flush=True
+            )
         if peer.swarm_id:
             print(f"swarm  {peer.swarm_id}", flush=True)
         print("others can join with:", flush=True)
@@ -271,6 +290,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from koinon.cli.demo import run_demo
 
     return run_demo(args)
+
+
+def command_table() -> dict:
+    """Every command's handler by name (the dashboard runs them too: koinon.dashboard.bridge)."""
+    return {
+        "id": cmd_id,
+        "start": cmd_start,
+        "demo": cmd_demo,
+        **ledger_cmds.main_commands(),
+        **gov_cmds.main_commands(),
+        **model_cmds.main_commands(),
+        **serve_cmds.main_commands(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -295,15 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     if not verbose:
         for noisy in ("hivemind", "transformers", "matplotlib", "asyncio"):
             logging.getLogger(noisy).setLevel(logging.CRITICAL)
-    commands = {
-        "id": cmd_id,
-        "start": cmd_start,
-        "demo": cmd_demo,
-        **ledger_cmds.main_commands(),
-        **gov_cmds.main_commands(),
-        **model_cmds.main_commands(),
-        **serve_cmds.main_commands(),
-    }
+    commands = command_table()
     if args.command is None:
         _parser().print_help()
         return 2

@@ -185,7 +185,12 @@ SCRIPT = """
   tokenInput.value = sessionStorage.getItem('koinon-token') || '';
   tokenInput.addEventListener('change', () => sessionStorage.setItem('koinon-token', tokenInput.value.trim()));
   const live = document.getElementById('live');
+  let busy = false;
   async function refresh() {
+    if (busy) return; busy = true;
+    try { await swap(); } finally { busy = false; }
+  }
+  async function swap() {
     const r = await fetch(location.href, {headers: {'X-Koinon-Fragment': '1'}});
     if (!r.ok) return;
     const doc = new DOMParser().parseFromString(await r.text(), 'text/html');
@@ -198,6 +203,8 @@ SCRIPT = """
   const source = new EventSource('/events');
   source.addEventListener('update', refresh);
   source.onerror = () => { live.textContent = 'live updates paused (reconnecting)'; };
+  // a page left open in the back-forward cache would hold its stream, and browsers allow six per host
+  window.addEventListener('pagehide', () => source.close());
   document.addEventListener('submit', async ev => {
     const form = ev.target; if (!form.dataset.action) return; ev.preventDefault();
     const status = form.querySelector('.status') || document.getElementById('flash');

@@ -112,7 +112,8 @@ def test_pages_load_with_live_data_and_are_usable_by_keyboard_and_on_a_phone(swa
     for name in PAGES:
         browser.find_element(By.LINK_TEXT, name.capitalize()).click()
         wait_for(lambda name=name: browser.current_url.endswith(f"/{name}"), 20, f"the {name} page")
-        assert "Traceback" not in browser.page_source and 'class="bad"' not in browser.page_source
+        errors = [el.text for el in browser.find_elements(By.CSS_SELECTOR, "main .bad")]
+        assert "Traceback" not in browser.page_source and not errors, f"{name}: {errors}"
         unlabeled = browser.execute_script(
             "return [...document.querySelectorAll('input:not([type=hidden]),select,textarea')]"
             ".filter(c => !(c.labels && c.labels.length) && !c.getAttribute('aria-label')).map(c => c.outerHTML)"

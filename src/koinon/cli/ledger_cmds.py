@@ -178,6 +178,13 @@ def _short(data: bytes, n: int = 8) -> str:
     return data.hex()[:n] + "…"
 
 
+def cut_state(order, cut_id: bytes) -> str:
+    """A cut's state in the total order: final, notarized or (only) proposed."""
+    if cut_id in order.final_cut_ids:
+        return "final"
+    return "notarized" if order.chain.notarized(cut_id) else "proposed"
+
+
 def body_summary(e, order) -> str:
     """One line about an event's body, for `koinon ledger log`."""
     b = e.body
@@ -195,9 +202,9 @@ def body_summary(e, order) -> str:
     if e.kind == "commit":
         return f"commit round {b['round']} θ {_short(b['theta'])}, {len(b['shards'])} shard(s), {b['steps']} steps"
     if e.kind == "cut":
-        chain = order.chain
-        status = "final" if e.id in order.final_cut_ids else "notarized" if chain.notarized(e.id) else "proposed"
-        return f"cut #{b['index']} epoch {b['epoch']} size {b['size']} root {_short(b['root'])} ({status})"
+        return (
+            f"cut #{b['index']} epoch {b['epoch']} size {b['size']} root {_short(b['root'])} ({cut_state(order, e.id)})"
+        )
     if e.kind == "cosign":
         info = order.chain.cuts.get(b["cut"])
         target = f"cut #{info.event.body['index']} ({_short(b['cut'])})" if info else f"cut {_short(b['cut'])}"

@@ -360,7 +360,7 @@ class Pages:
         )
 
     def ledger(self, kind: str, author: str, limit: int = 100) -> str:
-        from koinon.cli.ledger_cmds import _load_order, _open_store, _utc, body_summary
+        from koinon.cli.ledger_cmds import _load_order, _open_store, _utc, body_summary, cut_state
 
         try:
             store = _open_store(self.home)
@@ -386,6 +386,16 @@ class Pages:
                     f"<span class='wrap'>{e(body_summary(ev, order))}</span>",
                 ]
                 for i, ev in shown
+            ]
+            cut_rows = [
+                [
+                    e(f"#{ev.body['index']}"),
+                    e(_utc(ev.time)),
+                    f"<a href='/ledger/event/{ev.id.hex()}'><code>{ev.id.hex()[:12]}</code></a>",
+                    e(ev.body["size"]),
+                    e(cut_state(order, ev.id)),
+                ]
+                for ev in sorted(store.iter_events(kind="cut"), key=lambda ev: -ev.body["index"])[:10]
             ]
             cut = order.cut
             summary = f"{len(order.final)} final events, {len(order.pending)} pending; " + (
@@ -415,6 +425,8 @@ class Pages:
             f"<section data-live id='ledger-events'><h2>Events</h2><p>{e(summary)}; {total} match, newest "
             f"{len(shown)} shown.</p>"
             + table("Events (newest first)", ["position", "time (UTC)", "id", "author", "kind", "summary"], table_rows)
+            + "</section><section data-live id='ledger-cuts'><h2>Cuts</h2>"
+            + table("Newest cuts (final once ≥ 2/3 of the members cosigned)", CUT_HEADERS, cut_rows)
             + "</section><section data-live id='ledger-checks'><h2>Verification</h2>"
             + table("Latest resolved spot-checks", ["round", "author", "status", "verifier"], checks, "none yet")
             + "</section>"
@@ -590,6 +602,9 @@ class Pages:
         except Exception as err:
             return f"<section><p class='bad'>{e(err)}</p></section>"
         return f"<section><h2>README.md of release {e(tag)}</h2><pre>{e(text)}</pre></section>"
+
+
+CUT_HEADERS = ["index", "time (UTC)", "id", "events covered", "state"]
 
 
 def _finite(x) -> bool:

@@ -54,6 +54,7 @@ def test_free_rider_is_convicted_and_earns_no_credit(tmp_path):
         assert rows[m]["failed"] == 0 and rows[m]["false_accusations"] == 0, rows[m]
     convicted = [c for c in credit["checks"] if c["author"] == free and c["status"] == "cheated"]
     assert all(v["member"] in mine for c in convicted for v in c["verdicts"] if not v["ok"])
-    # while excluded, its pseudo-gradient is left out of the average (the honest peers' round records say so)
-    excluded_rounds = [r for r in honest[0].metrics("verdict") if r["author"] == free and not r["ok"]]
-    assert excluded_rounds, "honest-0 recorded no failing verdict of its own about the free-rider"
+    # the failing verdicts came from real re-execution in these peer processes (each logs the checks it ran; which
+    # honest peers verify or referee is drawn from the cuts, so not necessarily every one of them)
+    failing = [r for p in honest for r in p.metrics("verdict") if r["author"] == free and not r["ok"]]
+    assert failing, "no honest peer recorded a failing verdict of its own about the free-rider"

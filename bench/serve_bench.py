@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -147,21 +148,20 @@ def concurrent(url: str, model: str, clients: int, tokens: int, seconds: float) 
 
 
 def failover(home: Path, root: Path, tokens: int) -> dict:
-    from koinon.serve.client import Client
+    from koinon.serve.client import Client, Server, probe
 
     servers = [start_server(home, root / f"fo-{i}.log", "--token-delay-ms", "20") for i in range(2)]
     try:
         client = Client([u for _, u in servers])
-        answering: list[str] = []
 
         def killer() -> None:
+            """0.5 s into the answer, SIGKILL the server answering it (the one whose /health shows a load)."""
             time.sleep(0.5)
             for proc, url in servers:
-                if url == (answering[0] if answering else None):
+                if (probe(url) or Server(url)).load > 0:
                     os.killpg(proc.pid, signal.SIGKILL)
+                    return
 
-        first = client.servers()[0].url
-        answering.append(first)
         threading.Thread(target=killer, daemon=True).start()
         answer = client.complete(PROMPT, max_tokens=tokens, temperature=0)
         return {
@@ -278,6 +278,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    import urllib.request
-
     main()

@@ -8,8 +8,8 @@ import torch
 
 from koinon.config import TrainingConfig
 from koinon.serve.engine import Engine, Request
-from koinon.serve.server import BadRequest, Choice, Served, encode_text, parse_completion
-from koinon.training.model import build_model, flat_parameters, load_flat_parameters
+from koinon.serve.server import BadRequest, Choice, Served, parse_completion
+from koinon.training.model import build_model, encode_text, flat_parameters, load_flat_parameters
 
 PROMPTS = ["def f(x):", "import os\nimport sys", "a", "Hello, world! This is a longer prompt than the others"]
 

@@ -248,20 +248,10 @@ def cmd_verify_card(args: argparse.Namespace) -> int:
     return 0
 
 
-def encode(text: str) -> list[int]:
-    from koinon.training.model import BYTE_OFFSET
-
-    return [b + BYTE_OFFSET for b in text.encode()]
-
-
-def decode(ids: list[int]) -> str:
-    from koinon.training.model import BYTE_OFFSET
-
-    return bytes(i - BYTE_OFFSET for i in ids if BYTE_OFFSET <= i < BYTE_OFFSET + 256).decode(errors="replace")
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
+
+    from koinon.training.model import decode_ids, encode_text
 
     if args.max_tokens < 1:
         raise ConfigError("--max-tokens must be at least 1")
@@ -271,7 +261,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ConfigError("the prompt is empty")
     path, _ = resolve(args.home, args.checkpoint)
     model, _meta = load_model(path)
-    ids = encode(args.prompt)
+    ids = encode_text(args.prompt)
     limit = model.config.n_positions
     if len(ids) >= limit:
         raise ConfigError(f"the prompt is {len(ids)} bytes; this model reads at most {limit - 1}")
@@ -288,5 +278,5 @@ def cmd_generate(args: argparse.Namespace) -> int:
             top_p=args.top_p if args.temperature > 0 else None,
             pad_token_id=model.config.pad_token_id,
         )
-    sys.stdout.write(args.prompt + decode(out[0, len(ids) :].tolist()) + "\n")
+    sys.stdout.write(args.prompt + decode_ids(out[0, len(ids) :].tolist()) + "\n")
     return 0

@@ -161,9 +161,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port} is not a port number")
     _quiet_transformers()
-    # the engine thread and the HTTP loop share the GIL: hand it over every 0.5 ms instead of every 5 ms, so
-    # that neither waits long for the other between a token and its chunk
-    sys.setswitchinterval(0.0005)
     path, tag, swarm = choose_checkpoint(Path(args.home), args.checkpoint, args.unreleased)
     model, meta = load_model(path)
     served = Served(
@@ -174,6 +171,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((args.host, args.port))
+        sock.listen(128)  # accepting from now on: the address printed below already answers
     except OSError as e:
         raise ConfigError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
     host, port = sock.getsockname()[:2]
@@ -243,7 +241,7 @@ def _announce(args, served, engine, url: str):
 
     def follow_load() -> None:
         last = 0
-        while not announcer._stop.wait(1.0):
+        while not announcer.wait(1.0):
             if engine.active != last:
                 last = engine.active
                 announcer.announce(load=last)

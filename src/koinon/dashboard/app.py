@@ -62,19 +62,24 @@ def short(member: str | None) -> str:
 # --- data -----------------------------------------------------------------------------------------------------------
 def metrics(home: Path) -> list[dict]:
     """This peer's round records (the last record of each round: a re-sync rewrites one)."""
-    rounds: dict[int, dict] = {}
-    try:
-        lines = (Path(home) / "metrics.jsonl").read_text().splitlines()
-    except OSError:
-        return []
-    for line in lines:
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if r.get("event") == "round" and isinstance(r.get("round"), int):
-            rounds[r["round"]] = r
+    from koinon.cli.demo import read_metrics
+
+    rounds = {
+        r["round"]: r for r in read_metrics(Path(home)) if r.get("event") == "round" and isinstance(r.get("round"), int)
+    }
     return [rounds[k] for k in sorted(rounds)]
+
+
+def version(home: Path) -> tuple:
+    """What changes when there is something new to show: the metrics and the ledger files."""
+    stamp = []
+    for name in ("metrics.jsonl", "ledger.sqlite-wal", "ledger.sqlite"):
+        try:
+            st = (Path(home) / name).stat()
+            stamp.append((st.st_size, st.st_mtime_ns))
+        except OSError:
+            stamp.append(None)
+    return tuple(stamp)
 
 
 def safe(fn, *args):
@@ -241,9 +246,14 @@ class Pages:
     def __init__(self, home: Path, peer=None) -> None:
         self.home, self.peer = Path(home), peer
         self.h = ["--home", str(self.home)]
+        self._charter_cache: tuple[tuple, tuple] | None = None  # (version, (charter, error))
 
     def _charter(self):
-        return safe(run_json, ["charter", *self.h])
+        """``koinon charter --json``, read again only when the ledger changed (a page and its header share it)."""
+        now = version(self.home)
+        if self._charter_cache is None or self._charter_cache[0] != now:
+            self._charter_cache = (now, safe(run_json, ["charter", *self.h]))
+        return self._charter_cache[1]
 
     def name(self) -> str:
         c, _ = self._charter()
@@ -689,23 +699,12 @@ def build_app(home: Path, token: str, peer=None):
     def export_argv(f: dict) -> list[str]:
         return ["export", "--checkpoint", f.get("checkpoint", "latest"), "--format", "hf", f.get("dir", "")]
 
-    def version() -> tuple:
-        """What changes when there is something new to show."""
-        stamp = []
-        for name in ("metrics.jsonl", "ledger.sqlite-wal", "ledger.sqlite"):
-            try:
-                st = (Path(home) / name).stat()
-                stamp.append((st.st_size, st.st_mtime_ns))
-            except OSError:
-                stamp.append(None)
-        return tuple(stamp)
-
     async def events(request: Request):
         async def stream():
             last, quiet = None, 0
             yield "retry: 2000\n\n"
             while not await request.is_disconnected():
-                now = version()
+                now = version(home)
                 if now != last:
                     last = now
                     yield f"event: update\ndata: {int(time.time())}\n\n"
@@ -777,6 +776,7 @@ def start_dashboard(home: Path, address: str, peer=None) -> str:
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
+        sock.listen(128)  # accepting from now on: the address printed below already answers
     except OSError as err:
         raise ConfigError(f"--dashboard {address}: cannot listen there: {err.strerror or err}") from None
     try:

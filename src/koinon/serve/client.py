@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from koinon.errors import KoinonError
-from koinon.training.model import BYTE_OFFSET
+from koinon.training.model import encode_text, token_bytes
 
 logger = logging.getLogger("koinon.serve")
 
@@ -90,11 +90,10 @@ def probe(url: str, timeout: float = 3.0) -> Server | None:
 
 def discover_urls(dht, swarm_id: str) -> list[str]:
     """The endpoints ``koinon serve`` processes of this swarm announce in the DHT."""
-    from koinon.swarm.announce import Announcer
+    from koinon.swarm.announce import live_records, record_key
 
-    records = Announcer(dht, serve_key(swarm_id), "-", kind="servers", required="load")
-    records.stop()
-    return sorted({str(v["url"]) for v in records.live_peers().values() if isinstance(v.get("url"), str)})
+    records = live_records(dht, record_key(serve_key(swarm_id), "servers"), required="load")
+    return sorted({str(v["url"]) for v in records.values() if isinstance(v.get("url"), str)})
 
 
 def serve_key(swarm_id: str) -> str:
@@ -141,57 +140,54 @@ class Client:
         seed: int | None = None,
         on_text: Callable[[str], None] | None = None,
     ) -> Answer:
-        prompt_ids = [b + BYTE_OFFSET for b in prompt.encode()] if isinstance(prompt, str) else list(prompt)
+        prompt_ids = encode_text(prompt) if isinstance(prompt, str) else list(prompt)
         candidates = self.servers()
         pinned = candidates[0].model_hash
-        candidates = [s for s in candidates if s.model_hash == pinned]
-        got: list[int] = []
+        answer = Answer(text="", token_ids=[], finish_reason="length")
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        answer = Answer(text="", token_ids=got, finish_reason="")
-        failed_at: float | None = None
+        failed_at: float | None = None  # when the last server failed, until the next one's first token
+
+        def emit(text: str) -> None:
+            answer.text += text
+            if on_text is not None and text:
+                on_text(text)
+
+        def add(ids: list[int]) -> None:
+            nonlocal failed_at
+            if failed_at is not None and ids:
+                answer.failover_s.append(time.monotonic() - failed_at)
+                failed_at = None
+            answer.token_ids.extend(ids)
+            emit(decoder.decode(token_bytes(ids)))
+
         last_error = ""
-        for server in candidates:
-            if len(got) >= max_tokens:
+        for server in (s for s in candidates if s.model_hash == pinned):
+            got = len(answer.token_ids)
+            if got >= max_tokens:
                 break
             body = {
                 "model": server.model,
-                "prompt": prompt_ids + got,
-                "max_tokens": max_tokens - len(got),
+                "prompt": prompt_ids + answer.token_ids,
+                "max_tokens": max_tokens - got,
                 "temperature": temperature,
                 "top_p": top_p,
                 "stream": True,
                 **({"seed": seed} if seed is not None else {}),
             }
-
-            def token(ids: list[int], text_unused: str, server=server) -> None:
-                nonlocal failed_at
-                if failed_at is not None and ids:
-                    answer.failover_s.append(time.monotonic() - failed_at)
-                    failed_at = None
-                got.extend(ids)
-                text = decoder.decode(bytes(i - BYTE_OFFSET for i in ids if BYTE_OFFSET <= i < BYTE_OFFSET + 256))
-                answer.text += text
-                if on_text is not None and text:
-                    on_text(text)
-
+            answer.servers.append(server.url)
             try:
-                answer.servers.append(server.url)
-                finish = self._stream(server, body, token)
-                answer.finish_reason = finish
+                answer.finish_reason = self._stream(server, body, add)
                 break
             except _ServerFailed as e:
                 last_error = str(e)
-                failed_at = time.monotonic() if failed_at is None else failed_at
-                logger.warning("server %s failed after %d tokens (%s); trying the next one", server.url, len(got), e)
+                failed_at = failed_at or time.monotonic()
+                logger.warning(
+                    "server %s failed after %d tokens (%s); trying the next one", server.url, len(answer.token_ids), e
+                )
         else:
-            if len(got) < max_tokens:
+            if len(answer.token_ids) < max_tokens:
                 raise ServeError(f"every server failed before the answer was complete (last: {last_error})")
-        if not answer.finish_reason:
-            answer.finish_reason = "length"
-        tail = decoder.decode(b"", final=True)
-        answer.text += tail
-        if on_text is not None and tail:
-            on_text(tail)
+        emit(decoder.decode(b"", final=True))
         return answer
 
     def _stream(self, server: Server, body: dict, on_tokens) -> str:
@@ -223,8 +219,7 @@ class Client:
                 if chunk.get("system_fingerprint") not in (None, f"koinon-{server.model_hash}"):
                     raise _ServerFailed("the server answered with another model than it advertised")
                 for choice in chunk.get("choices", []):
-                    ids = [int(t) for t in choice.get("token_ids", [])]
-                    on_tokens(ids, choice.get("text", ""))
+                    on_tokens([int(t) for t in choice.get("token_ids", [])])
                     if choice.get("finish_reason"):
                         return str(choice["finish_reason"])
         except (OSError, http.client.HTTPException, ValueError) as e:  # timeouts are OSErrors

@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 
 from koinon.serve.engine import Engine, Request
-from koinon.training.model import BYTE_OFFSET, EOS_ID, VOCAB_SIZE
+from koinon.training.model import EOS_ID, VOCAB_SIZE, decode_ids, encode_text, token_bytes
 
 logger = logging.getLogger("koinon.serve")
 
@@ -76,23 +76,10 @@ class BadRequest(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
 
 
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error"}
-
-
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
-    if status in ERROR_TYPES:
-        kind = ERROR_TYPES[status]
-    else:
-        kind = "rate_limit_error" if status == 429 else "invalid_request_error" if status < 500 else "server_error"
+    """OpenAI's error shape; its ``type`` from the status as OpenAI uses them."""
+    kind = "rate_limit_error" if status == 429 else "invalid_request_error" if status < 500 else "server_error"
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
-
-
-def encode_text(text: str) -> list[int]:
-    return [b + BYTE_OFFSET for b in text.encode()]
-
-
-def decode_ids(ids: list[int]) -> str:
-    return bytes(i - BYTE_OFFSET for i in ids if BYTE_OFFSET <= i < BYTE_OFFSET + 256).decode(errors="replace")
 
 
 # --- validating a request -------------------------------------------------------------------------------------------
@@ -251,8 +238,7 @@ class Choice:
     def add(self, token: int) -> None:
         self.ids.append(token)
         self.unsent_ids.append(token)
-        if BYTE_OFFSET <= token < BYTE_OFFSET + 256:
-            self.text += self._decoder.decode(bytes([token - BYTE_OFFSET]))
+        self.text += self._decoder.decode(token_bytes([token]))
         for s in self.stops:
             at = self.text.find(s, max(0, self.sent - len(s)))
             if at >= 0:

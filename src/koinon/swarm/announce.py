@@ -24,7 +24,7 @@ class Announcer:
     def __init__(
         self, dht, swarm: str, member: str, ttl: float = ANNOUNCE_TTL, kind: str = "peers", required: str = "round"
     ) -> None:
-        self.dht, self.key, self.member, self.ttl = dht, f"{swarm}_{kind}", member, ttl
+        self.dht, self.key, self.member, self.ttl = dht, record_key(swarm, kind), member, ttl
         self.required = required
         self._record: dict = {}
         self._lock = threading.Lock()
@@ -55,17 +55,31 @@ class Announcer:
     def stop(self) -> None:
         self._stop.set()
 
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True once the announcer is stopped (for loops that update the record)."""
+        return self._stop.wait(seconds)
+
     def live_peers(self) -> dict[str, dict]:
         """Records of live peers (this one included), by member id. Malformed records are ignored."""
-        try:
-            found = self.dht.get(self.key, latest=True)
-        except Exception:
-            return {}
-        out: dict[str, dict] = {}
-        if found is None or not isinstance(found.value, dict):
-            return out
-        for subkey, item in found.value.items():
-            value = getattr(item, "value", None)
-            if isinstance(value, dict) and isinstance(value.get(self.required), int) and value.get("member") == subkey:
-                out[str(subkey)] = value
+        return live_records(self.dht, self.key, self.required)
+
+
+def record_key(swarm: str, kind: str) -> str:
+    return f"{swarm}_{kind}"
+
+
+def live_records(dht, key: str, required: str) -> dict[str, dict]:
+    """The unexpired records under ``key`` whose ``member`` is their subkey and whose ``required`` field is an
+    integer, by subkey (a reader that announces nothing itself, such as ``koinon ask``, calls this directly)."""
+    try:
+        found = dht.get(key, latest=True)
+    except Exception:
+        return {}
+    out: dict[str, dict] = {}
+    if found is None or not isinstance(found.value, dict):
         return out
+    for subkey, item in found.value.items():
+        value = getattr(item, "value", None)
+        if isinstance(value, dict) and isinstance(value.get(required), int) and value.get("member") == subkey:
+            out[str(subkey)] = value
+    return out

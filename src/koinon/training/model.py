@@ -26,6 +26,21 @@ MODEL_PRESETS: dict[str, tuple[int, int, int]] = {
 }
 
 
+def encode_text(text: str) -> list[int]:
+    """Text → token ids (its UTF-8 bytes, shifted past the special tokens)."""
+    return [b + BYTE_OFFSET for b in text.encode()]
+
+
+def token_bytes(ids: list[int]) -> bytes:
+    """The bytes behind token ids; special tokens (pad, end-of-text, unknown) have none."""
+    return bytes(i - BYTE_OFFSET for i in ids if BYTE_OFFSET <= i < BYTE_OFFSET + 256)
+
+
+def decode_ids(ids: list[int]) -> str:
+    """Token ids → text; bytes that are not UTF-8 become U+FFFD."""
+    return token_bytes(ids).decode(errors="replace")
+
+
 def gpt2_config(config: TrainingConfig) -> GPT2Config:
     n_layer, n_embd, n_head = MODEL_PRESETS[config.model_size]
     return GPT2Config(

@@ -136,8 +136,10 @@ def realistic_events(identities: list[Identity], count: int) -> list[Event]:
                 "round",
                 {
                     "round": round_number,
+                    "height": round_number,
                     "theta": theta,
                     "prev_theta": prev_theta,
+                    "state": hashlib.sha256(b"state" + theta).digest(),
                     "participants": sorted(members),
                     "samples": 50 * 8 * len(members),
                     "bytes": 4_800_000,

@@ -3,9 +3,10 @@
 :class:`LedgerBuilder` writes signed event wires directly, exactly as ``LedgerNode`` would produce them in a
 healthy swarm (docs/ledger.md §2–§5):
 
-- a ``charter`` by member 0 (founders = [member 0], rules ``epoch_ms``/``admission``), then a ``join`` by every
+- a ``charter`` by member 0 (founders = [member 0], rules ``epoch_ms``/``admission``/``min_contributors``), then a ``join`` by every
   other member;
-- training rounds: in each, every member appends a ``commit`` and a ``round`` event (θ lineage unbroken:
+- training rounds: in each, every member appends a ``commit`` and a ``round`` event (round r makes height r, and
+  every member signs the same θ, state and contributors, so each round is certified and the θ lineage is unbroken:
   ``prev_theta`` is the previous round's θ); every event's ``prev`` is its author's head and its ``parents`` are the
   other members' current heads (as ``LedgerNode.append_own``);
 - consensus after each round: cuts in three consecutive epochs (so the middle one, and everything before it, is
@@ -118,7 +119,12 @@ class LedgerBuilder:
                 "name": name,
                 "founders": [founder],
                 "training": {"config": '{"model":"tiny","seq_len":128,"batch_size":8}', "hash": self.config},
-                "rules": {"epoch_ms": self.epoch_ms, "admission": "open"},
+                # k ≤ the members, so that every round is certified however few members the ledger has
+                "rules": {
+                    "epoch_ms": self.epoch_ms,
+                    "admission": "open",
+                    "min_contributors": min(3, len(self.members)),
+                },
             },
         )
         self.swarm = charter.id
@@ -164,8 +170,10 @@ class LedgerBuilder:
                 "round",
                 {
                     "round": self.round,
+                    "height": self.round,
                     "theta": self.theta,
                     "prev_theta": prev_theta,
+                    "state": hashlib.sha256(b"state" + self.theta).digest(),
                     "participants": participants,
                     "samples": 50 * 8 * len(participants),
                     "bytes": 4 * 1_200_000 * (len(participants) - 1),

@@ -101,8 +101,9 @@ def _prepare_home(home: Path) -> None:
             participants = sorted(m.me for m in nodes)
             n.append_own(
                 "round",
-                {"round": r, "theta": new, "prev_theta": theta, "participants": participants, "samples": 8}
-                | {"bytes": 10, "config": b"\x02" * 32, "gov": None},
+                {"round": r, "height": r, "theta": new, "prev_theta": theta, "participants": participants}
+                | {"state": hashlib.sha256(b"state" + new).digest(), "samples": 8, "bytes": 10}
+                | {"config": b"\x02" * 32, "gov": None},
             )
         theta = new
         for _ in range(8):

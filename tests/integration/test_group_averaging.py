@@ -1,8 +1,8 @@
 """group_decision and the reducers inside a real all-reduce: ExactAverager instances (forked children of this
-process) on a loopback DHT.
+process) on a loopback DHT whose peer ids are member keys, so that the children verify the signed gathers.
 
-Three members (``trio``, reducer "mean"): a member at another round, or expelled by the canonical members' majority,
-still takes part in the exchange but counts with weight 0; the compression the canonical members voted for
+Three members (``trio``, reducer "mean"): a member at another height, expelled, without samples or whose gather is
+not signed by its key still takes part in the exchange but counts with weight 0; the compression of the group's key
 overrides the configured one. Four members (``quartet``): one sends its pseudo-gradient scaled by 10⁶; the mean
 follows it, the robust reducers (aggregation/reducers.py) do not. Values are chosen so that every expected
 average is exact in float32 (sums of small integers divided by 4)."""
@@ -13,20 +13,25 @@ import math
 import os
 from pathlib import Path
 
-import hivemind
 import pytest
 import torch
 
 from koinon.aggregation.reducers import centered_clip, mean
+from koinon.identity import Identity
 from koinon.swarm import node
-from koinon.swarm.averaging import ExactAverager, group_decision
+from koinon.swarm.averaging import ExactAverager, group_decision, left_out
 from koinon.swarm.compression import get_compression
+from koinon.swarm.rounds import gather_payload, sign_gather
+from tests.sim.fakenet import identity_from_seed
 
 pytestmark = pytest.mark.slow
 
 N = 1000  # values per tensor
 STATE, STALE_STATE = "5" * 64, "6" * 64
 CONFIG = "c" * 64
+SWARM = "group-averaging-test"
+KEYS = [identity_from_seed(f"group-averaging/{name}") for name in "abcd"]  # the member key of each DHT below
+SIGNER = {key.member_id: key for key in KEYS}
 
 
 def _descendants(root: int) -> set[int]:
@@ -70,14 +75,31 @@ def _hivemind_sockets_of(pids: set[int]) -> set[str]:
     return paths
 
 
+def _key_file(key: Identity, home: Path) -> Identity:
+    """``key`` written where p2pd reads it (libp2p's Ed25519 private key format, as ``Identity.create`` writes it)."""
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+    home.mkdir(parents=True, exist_ok=True)
+    seed = key.private_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    (home / "identity.key").write_bytes(bytes([0x08, 0x01, 0x12, 0x40]) + seed + key.public_key)
+    loaded = Identity.load(home)
+    assert loaded.member_id == key.member_id
+    return loaded
+
+
 @pytest.fixture(scope="module")
-def dhts():
-    """Four DHT peers on loopback; the averagers below run on them (averagers are shut down first, trap 7)."""
+def dhts(tmp_path_factory):
+    """Four DHT peers on loopback whose peer ids are KEYS' member ids; the averagers below run on them (averagers
+    are shut down first, trap 7)."""
     started, sockets = [], set()
+    homes = tmp_path_factory.mktemp("members")
+    keys = [_key_file(key, homes / str(i)) for i, key in enumerate(KEYS)]
     try:
-        started.append(hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"]))
+        listen = ["/ip4/127.0.0.1/tcp/0"]
+        started.append(node.start_dht(keys[0], listen, []))
         boot = [str(a) for a in started[0].get_visible_maddrs()]
-        started += [hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=boot) for _ in "bcd"]
+        started += [node.start_dht(key, listen, boot) for key in keys[1:]]
+        assert [dht.peer_id.to_base58() for dht in started] == [key.member_id for key in KEYS]
         sockets = _hivemind_sockets_of(_descendants(os.getpid()))
         yield started
     finally:
@@ -105,7 +127,7 @@ def _averagers(dhts, prefix: str, **options: object):
                 request_timeout=0.25,
                 next_chunk_timeout=5.0,
                 allreduce_timeout=10.0,
-                compression=get_compression("none"),  # configured; the gathered vote may override it
+                compression=get_compression("none"),  # configured; the group's key may override it
                 allow_state_sharing=False,
                 **options,
             )
@@ -132,19 +154,29 @@ def quartet(dhts):
     yield from _averagers(dhts, "robust_reducer_test", part_size_bytes=N)
 
 
-def gather(averager: ExactAverager, round: int = 5, state: str = STATE, **changes: object) -> dict:
+def members(averagers) -> list[str]:
+    return sorted(av.peer_id.to_base58() for av in averagers)
+
+
+def gather(averager: ExactAverager, electorate: list[str], signer: str | None = None, **changes: object) -> dict:
+    """The averager's member's signed gather (``signer``: sign with another member's key instead, as a forger)."""
+    me = averager.peer_id.to_base58()
     info = dict(
-        member=averager.peer_id.to_base58(),
-        round=round,
-        state=state,
-        samples=8,
+        member=me,
+        swarm=SWARM,
+        attempt=1,
+        height=5,
+        state=STATE,
+        electorate=electorate,
+        k=2,
         config=CONFIG,
+        gov=0,
+        excluded=[],
         compression="none",
         reducer="mean",  # the trio's tests check weighted means
-        excluded=[],
-        gov=0,
+        samples=8,
     )
-    return {**info, **changes}
+    return sign_gather({**info, **changes}, SIGNER[signer or me].sign)
 
 
 def all_reduce(averagers, values, gathers, weights) -> tuple[list[torch.Tensor], dict]:
@@ -168,80 +200,150 @@ def all_reduce(averagers, values, gathers, weights) -> tuple[list[torch.Tensor],
 IDX = torch.arange(N, dtype=torch.float32)  # (N,)
 
 
-def test_member_at_another_round_is_left_out(trio):
+def test_member_at_another_height_is_left_out(trio):
     a, b, c = trio
+    e = members(trio)
     values = [IDX, 3 * IDX, 1000 + IDX]
-    gathers = [gather(a), gather(b), gather(c, round=4, state=STALE_STATE)]
+    gathers = [gather(a, e), gather(b, e), gather(c, e, height=4, state=STALE_STATE)]
     results, gathered = all_reduce(trio, values, gathers, weights=[1.0, 3.0, 2.0])
     expected = (1 * IDX + 3 * (3 * IDX)) / 4  # = 2.5·i, exact; with c it would be (10 i + 2 (1000 + i)) / 6
     for result in results:
         assert torch.equal(result, expected), (result[:4], expected[:4])
-    # the host recomputes the same decision from what step() returned
-    assert group_decision(gathered).contributors == {a.peer_id.to_base58(), b.peer_id.to_base58()}
+    # the host recomputes the same decision from what step() returned (PeerID keys, msgpack round trip)
+    decision = group_decision(gathered)
+    assert decision.contributors == {a.peer_id.to_base58(), b.peer_id.to_base58()}
+    assert (decision.height, decision.state, decision.candidate) == (5, STATE, True)
+    assert set(left_out(gathered, decision)) == {c.peer_id.to_base58()}
 
 
-def test_member_expelled_by_the_canonical_majority_is_left_out(trio):
+def test_expelled_member_is_left_out(trio):
     a, b, c = trio
+    e = members(trio)
     expelled = c.peer_id.to_base58()
     values = [IDX, 3 * IDX, 1000 + IDX]
-    gathers = [gather(a, excluded=[expelled]), gather(b, excluded=[expelled]), gather(c)]
+    gathers = [gather(av, e, excluded=[expelled]) for av in trio]  # the same governance state everywhere
     results, gathered = all_reduce(trio, values, gathers, weights=[1.0, 3.0, 2.0])
     for result in results:
         assert torch.equal(result, 2.5 * IDX)
-    assert group_decision(gathered).excluded == {expelled}
+    decision = group_decision(gathered)
+    assert decision.excluded == {expelled}
+    assert expelled in decision.holders and expelled not in decision.contributors
+    assert left_out(gathered, decision) == {expelled: "expelled by governance"}
+
+
+def test_gather_signed_by_another_key_is_left_out(trio):
+    # c's gather signed with a's key (what a leader relaying the gathered data could forge): c counts for nothing
+    a, b, c = trio
+    e = members(trio)
+    values = [IDX, 3 * IDX, 1000 + IDX]
+    gathers = [gather(a, e), gather(b, e), gather(c, e, signer=a.peer_id.to_base58())]
+    results, gathered = all_reduce(trio, values, gathers, weights=[1.0, 3.0, 2.0])
+    for result in results:
+        assert torch.equal(result, 2.5 * IDX)
+    decision = group_decision(gathered)
+    assert left_out(gathered, decision) == {c.peer_id.to_base58(): "gathered metadata is not signed by its member"}
 
 
 def test_contributors_with_weight_zero_average_to_zeros(trio):
     # stock hivemind would divide 0 by 0 here (NaN), and ExactAverager would refuse the result
     a, b, c = trio
+    e = members(trio)
     values = [IDX + 1, 3 * IDX + 1, 1000 + IDX]
-    gathers = [gather(a, samples=0), gather(b, samples=0), gather(c, round=4, state=STALE_STATE)]
-    results, _ = all_reduce(trio, values, gathers, weights=[0.0, 0.0, 2.0])
+    gathers = [gather(a, e, samples=0), gather(b, e, samples=0), gather(c, e, height=4, state=STALE_STATE)]
+    results, gathered = all_reduce(trio, values, gathers, weights=[0.0, 0.0, 2.0])
     for result in results:
         assert torch.equal(result, torch.zeros(N))
+    decision = group_decision(gathered)  # a and b hold the key (two holders beat one) but contribute nothing
+    assert (decision.holders, decision.contributors, decision.candidate) == (
+        {a.peer_id.to_base58(), b.peer_id.to_base58()},
+        frozenset(),
+        False,
+    )
 
 
-def test_compression_voted_by_the_canonical_members_overrides_the_configured_one(trio):
+def test_the_compression_of_the_groups_key_overrides_the_configured_one(trio):
     a, b, c = trio
+    e = members(trio)
     x = torch.full((N,), 1 + 2**-13)  # exact in float32, rounds to 1.0 in fp16 (10-bit mantissa)
-    gathers = [gather(a, compression="fp16"), gather(b, compression="fp16"), gather(c, compression="none")]
-    results, _ = all_reduce(trio, [x, x, x], gathers, weights=[1.0, 1.0, 1.0])
+    gathers = [gather(a, e, compression="fp16"), gather(b, e, compression="fp16"), gather(c, e, compression="none")]
+    results, gathered = all_reduce(trio, [x, x, x], gathers, weights=[1.0, 1.0, 1.0])
     for result in results:
         assert torch.equal(result, torch.ones(N)), "the parts did not travel as fp16"
-    # and with the vote for "none", the same values come through exactly
-    gathers = [gather(a, compression="none"), gather(b, compression="none"), gather(c, compression="fp16")]
+    assert group_decision(gathered).compression == "fp16"
+    # and with the key for "none", the same values come through exactly
+    gathers = [gather(a, e, compression="none"), gather(b, e, compression="none"), gather(c, e, compression="fp16")]
     results, _ = all_reduce(trio, [x, x, x], gathers, weights=[1.0, 1.0, 1.0])
     for result in results:
         assert torch.equal(result, x)
 
 
-def test_without_well_formed_metadata_everyone_counts(trio):
-    # what peer.py gathered before governance: no config/compression/excluded/gov
-    old = [
-        dict(member=av.peer_id.to_base58(), round=r, state=STATE, samples=8)
-        for av, r in zip(trio, (5, 5, 4), strict=True)
-    ]
-    results, gathered = all_reduce(trio, [IDX, 3 * IDX, 2 * IDX], old, weights=[1.0, 1.0, 2.0])
+@pytest.mark.parametrize("kind", ["old", "unsigned", "forged"])
+def test_without_valid_metadata_everyone_counts(trio, kind):
+    # no decision: everyone counts with the configured compression and reducer (the host must not apply such a
+    # result as a round: RoundProtocol.after_group(None) keeps its contribution pending)
+    e = members(trio)
+    if kind == "old":  # what peer.py gathered before governance: no config/compression/excluded/gov, unsigned
+        gathers = [
+            dict(member=av.peer_id.to_base58(), round=r, state=STATE, samples=8)
+            for av, r in zip(trio, (5, 5, 4), strict=True)
+        ]
+    elif kind == "unsigned":
+        gathers = [{**gather(av, e), "sig": b""} for av in trio]
+    else:  # every gather signed by the next member's key
+        ids = [av.peer_id.to_base58() for av in trio]
+        gathers = [gather(av, e, signer=ids[(i + 1) % 3]) for i, av in enumerate(trio)]
+    results, gathered = all_reduce(trio, [IDX, 3 * IDX, 2 * IDX], gathers, weights=[1.0, 1.0, 2.0])
     for result in results:
         assert torch.equal(result, 2 * IDX)  # (i + 3i + 2·2i) / 4
     assert group_decision(gathered) is None
 
 
+def test_signed_gathers_survive_the_wire():
+    # the payload the signature covers is the same after msgpack (what hivemind uses for step(gather=...))
+    from hivemind.utils.serializer import MSGPackSerializer
+
+    e = sorted(key.member_id for key in KEYS)
+    info = sign_gather(
+        dict(
+            member=KEYS[0].member_id,
+            swarm=SWARM,
+            attempt=1,
+            height=5,
+            state=STATE,
+            electorate=e,
+            k=2,
+            config=CONFIG,
+            gov=0,
+            excluded=[],
+            compression="none",
+            reducer="mean",
+            samples=8,
+        ),
+        KEYS[0].sign,
+    )
+    back = MSGPackSerializer.loads(MSGPackSerializer.dumps(info))
+    assert back == info and gather_payload(back) == gather_payload(info)
+    assert group_decision({KEYS[0].member_id: back}).contributors == {KEYS[0].member_id}
+
+
 # --- one poisoned sender among four ----------------------------------------------------------------------------
 # honest pseudo-gradients i, i + 1, i + 2 (honest mean i + 1); mallory's would be i + 3 but she sends 10⁶·(i + 3)
-# and votes for the mean. The vector travels as 4 parts of 250 values (the quartet's part_size_bytes) and, with
-# every bandwidth unspecified, hivemind gives each member one of them to reduce (load_balance_peers: equal
-# spans); all four reduce honestly here (a Byzantine *reducer* is HIVEMIND.md trap 5, not this test).
+# and holds the group's key, so her part counts. The vector travels as 4 parts of 250 values (the quartet's
+# part_size_bytes) and, with every bandwidth unspecified, hivemind gives each member one of them to reduce
+# (load_balance_peers: equal spans); all four reduce honestly here (a Byzantine *reducer* is HIVEMIND.md trap 5,
+# not this test).
 POISONED = [IDX, IDX + 1, IDX + 2, 1e6 * (IDX + 3)]
 PARTS = [slice(k * N // 4, (k + 1) * N // 4) for k in range(4)]
 
 
 def poisoned_round(quartet, reducer: str) -> torch.Tensor:
-    """One all-reduce in which the three honest members vote for ``reducer``; the result every member got."""
-    *honest, mallory = quartet
-    gathers = [gather(av, reducer=reducer) for av in honest] + [gather(mallory, reducer="mean")]
+    """One all-reduce whose key names ``reducer`` (mallory holds it too, or her part would count for nothing);
+    the result every member got."""
+    e = members(quartet)
+    gathers = [gather(av, e, reducer=reducer) for av in quartet]  # mallory hides in the group's key
     results, gathered = all_reduce(quartet, POISONED, gathers, weights=[1.0] * 4)
-    assert group_decision(gathered).reducer == reducer  # three votes beat mallory's one
+    decision = group_decision(gathered)
+    assert (decision.reducer, decision.candidate, len(decision.contributors)) == (reducer, True, 4)
     for result in results[1:]:
         assert torch.equal(result, results[0]), "members hold different results"
     return results[0]

@@ -54,8 +54,10 @@ def commit_body(member: str, n: int) -> dict:
 def round_body(n: int, participants: list[str]) -> dict:
     return {
         "round": n,
+        "height": n,
         "theta": h(f"theta{n + 1}"),
         "prev_theta": h(f"theta{n}"),
+        "state": h(f"state{n + 1}"),
         "participants": sorted(participants),
         "samples": 64 * len(participants),
         "bytes": 1 << 20,

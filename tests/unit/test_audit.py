@@ -100,8 +100,10 @@ def build_swarm(
         for n in nodes:
             body = {
                 "round": r,
+                "height": r,
                 "theta": new,
                 "prev_theta": theta,
+                "state": hashlib.sha256(b"state" + new).digest(),
                 "participants": sorted(m.me for m in nodes),
                 "samples": 64,
                 "bytes": 1000,
@@ -543,7 +545,7 @@ def test_cli_log_lists_final_then_pending(home: Path, capsys) -> None:
     assert code == 0 and lines[0].startswith("POS")
     assert lines[1].startswith("#0 ") and " charter " in lines[1] and "'audit-test'" in lines[1]
     assert any(line.startswith("pending ") for line in lines)
-    assert any(" round 2 θ " in line for line in lines) and any("(final)" in line for line in lines)
+    assert any(" round height 2 θ " in line for line in lines) and any("(final)" in line for line in lines)
     assert "2023-11-14T22:13:20Z" in lines[1]
     code, out, _ = cli(capsys, "ledger", "log", "--home", home, "--kind", "round", "-n", "2")
     body = out.splitlines()[1:-1]

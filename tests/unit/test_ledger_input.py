@@ -417,11 +417,13 @@ def really_full(tmp_path) -> tuple[LedgerStore, Event]:
     store.append(first)
     pages = store._db.execute("PRAGMA page_count").fetchone()[0]
     store._db.execute(f"PRAGMA max_page_count = {pages}")
-    participants = [identity_from_seed(f"m{i}").member_id for i in range(200)]
+    participants = sorted(identity_from_seed(f"m{i}").member_id for i in range(200))
     body = {
         "round": 1,
+        "height": 1,
         "theta": h("t"),
         "prev_theta": h("p"),
+        "state": h("s"),
         "samples": 1,
         "bytes": 1,
         "config": h("c"),

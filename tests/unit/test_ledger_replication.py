@@ -8,8 +8,10 @@ from tests.sim.fakenet import FakeClock, identity_from_seed
 
 ROUND = {
     "round": 1,
+    "height": 1,
     "theta": b"\1" * 32,
     "prev_theta": b"\0" * 32,
+    "state": b"\3" * 32,
     "participants": [],
     "samples": 1,
     "bytes": 1,

@@ -54,8 +54,8 @@ def test_a_new_configuration_reaches_the_inner_and_outer_optimizers(peer):
     assert float(peer.outer.lr) == 0.5
     assert peer.inner.config.inner_steps == 9
     assert all(g["weight_decay"] == 0.2 for g in peer.inner.optimizer.param_groups)
-    assert peer._gather(8, "s")["config"] == gov.config.config_hash()
-    assert peer._gather(8, "s")["g"] == 4
+    assert peer._gather(8)["config"] == gov.config.config_hash()
+    assert peer._gather(8)["gov"] == 4  # the governance state after final cut 3: part of the group's key
 
 
 def test_a_removed_data_source_is_no_longer_sampled(peer, tmp_path):
@@ -77,4 +77,4 @@ def test_an_expelled_member_says_so_in_its_gather(peer):
     gov = charter_state(peer.config)
     gov.expelled.add(peer.member)
     peer._use_governance(0, gov)
-    assert peer.member in peer._gather(0, "s")["excluded"]
+    assert peer.member in peer._gather(0)["excluded"]

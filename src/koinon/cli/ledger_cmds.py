@@ -196,8 +196,8 @@ def body_summary(e, order) -> str:
         return f"leave: {b['reason']}"
     if e.kind == "round":
         return (
-            f"round {b['round']} θ {_short(b['theta'])} ← {_short(b['prev_theta'])}, "
-            f"{len(b['participants'])} participant(s), {b['samples']} samples"
+            f"round height {b['height']} θ {_short(b['theta'])} ← {_short(b['prev_theta'])}, attempt {b['round']}, "
+            f"{len(b['participants'])} contributor(s), {b['samples']} samples"
         )
     if e.kind == "commit":
         return f"commit round {b['round']} θ {_short(b['theta'])}, {len(b['shards'])} shard(s), {b['steps']} steps"

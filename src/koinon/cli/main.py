@@ -179,7 +179,25 @@ def _add_peer_arguments(sp: argparse.ArgumentParser) -> None:
         metavar="[HOST:]PORT",
         help="serve the web dashboard from this peer (host 127.0.0.1 unless given; docs/dashboard.md)",
     )
-    sp.add_argument("--rounds", type=int, default=None, help="stop after this many rounds (default: run until Ctrl-C)")
+    sp.add_argument(
+        "--min-contributors",
+        type=int,
+        default=None,
+        help="founding without --charter: a round's result becomes the swarm's θ only with at least this many "
+        "contributors (default 3; below 3 one Byzantine peer can no longer be out-voted; docs/training.md §2)",
+    )
+    sp.add_argument(
+        "--slowdown",
+        type=float,
+        default=1.0,
+        help="TESTING TOOL: make every inner step this many times slower (a slow machine, for the benchmarks)",
+    )
+    sp.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="stop once the swarm's θ has this many certified rounds (default: run until Ctrl-C)",
+    )
     sp.add_argument("--wait-for-peers", type=int, default=1, help="before round 1, wait until N peers are up")
     sp.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     sp.add_argument("--matchmaking-time", type=float, default=2.0, help="seconds to gather a group (default 2)")
@@ -247,6 +265,8 @@ def cmd_start(args: argparse.Namespace) -> int:
         averaging_timeout=args.averaging_timeout,
         attack=args.attack,
         swarm_id=swarm_id,
+        min_contributors=args.min_contributors,
+        slowdown=args.slowdown,
     )
     peer = Peer(options)
 

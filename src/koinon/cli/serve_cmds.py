@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import socket
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -215,6 +216,7 @@ def _is_loopback(host: str) -> bool:
 
 def _announce(args, served, engine, url: str):
     """Keep a record in the swarm's DHT: endpoint, model hash, release, live load (refreshed as the load moves)."""
+    from koinon.identity import Identity
     from koinon.serve.client import serve_key
     from koinon.swarm.announce import Announcer
     from koinon.swarm.node import quiet_hivemind, start_dht
@@ -223,9 +225,14 @@ def _announce(args, served, engine, url: str):
         logger.warning("not announced in a DHT: %s has no swarm ledger (clients need --server %s)", args.home, url)
         return None, None
     quiet_hivemind(bool(getattr(args, "verbose", False)))
-    dht = start_dht(None, args.listen, _initial_peers(args))
-    me = dht.peer_id.to_base58()
-    announcer = Announcer(dht, serve_key(served.swarm), me, kind="servers", required="load")
+    # The server's own DHT identity (not the member's key): a fresh Ed25519 key, made here rather than by p2pd so
+    # that we can sign the record with it. p2pd reads the key file once at start; it is deleted right after.
+    with tempfile.TemporaryDirectory(prefix="koinon-serve-") as tmp:
+        identity = Identity.create(Path(tmp))
+        dht = start_dht(identity, args.listen, _initial_peers(args))
+    announcer = Announcer(
+        dht, serve_key(served.swarm), identity.member_id, kind="servers", required="load", sign=identity.sign
+    )
     record = dict(
         url=url,
         model=served.model_id,

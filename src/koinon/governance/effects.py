@@ -33,7 +33,9 @@ ACTIONS = (
 FROZEN_CONFIG = ("model_size", "seq_len", "seed")
 CONFIG_TYPES = {f.name: str(f.type) for f in dataclasses.fields(TrainingConfig)}
 MUTABLE_CONFIG = tuple(k for k in CONFIG_TYPES if k not in FROZEN_CONFIG)
-FROZEN_RULES = ("epoch_ms",)  # the ledger's epoch length is fixed at genesis (cut bookkeeping depends on it)
+# fixed at genesis: the ledger's epoch length (cut bookkeeping depends on it) and the round protocol's minimum of
+# contributors (every certificate on the ledger is judged by it: swarm/rounds.py)
+FROZEN_RULES = ("epoch_ms", "min_contributors")
 
 
 def _member(value: object, what: str) -> str:

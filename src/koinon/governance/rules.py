@@ -28,6 +28,10 @@ class Rules:
     delay: int = 1  # cuts from the cut that includes a proposal to the cut that opens it (cancel before)
     window: int = 10  # cuts during which votes count
     timelock: int = 2  # cuts from the close to execution
+    # the round protocol (swarm/rounds.py): a round's result becomes the swarm's θ only if at least this many members
+    # contributed to it (and a strict majority of the last certified round's contributors signed it); fixed at
+    # genesis like epoch_ms, since every certificate on the ledger is judged by it
+    min_contributors: int = 3
 
     def to_body(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -69,7 +73,7 @@ def _check(name: str, value: object) -> object:
         return value
     if type(value) is not int:
         raise GovernanceError(f"rule {name} must be an integer, got {value!r}")
-    low = {"epoch_ms": 100, "window": 1, "delay": 1, "timelock": 0}[name]
+    low = {"epoch_ms": 100, "window": 1, "delay": 1, "timelock": 0, "min_contributors": 1}[name]
     if not low <= value <= 1_000_000_000:
         raise GovernanceError(f"rule {name} must be at least {low}, got {value}")
     return value

@@ -13,7 +13,12 @@
    vote in that epoch; every equivocation event must carry a valid proof.
 3. **Log**: the total order through the last final cut is rebuilt and its RFC 9162 Merkle root must equal the
    root and size that cut signed.
-4. **State**: members (charter founders, + joins, − leaves, − equivocators), the rounds (θ lineage), counts.
+4. **State**: members (charter founders, + joins, − leaves, − equivocators), counts, and the **θ lineage**: the
+   final round events, in the final order, go through the certificate rule (:class:`~koinon.swarm.rounds.RoundChain`,
+   via :mod:`koinon.ledger.lineage`). A final round event for a height h ≥ 2 whose ``prev_theta`` is not the θ the
+   final events before it certified at h − 1 is a lineage break, and fails the audit. The report gives the
+   certified head, the height through each final cut, and how many final round events agree with no certificate
+   (allowed: a group that split, an attempt that was not certified).
 
 Signatures are the largest single cost of a replay. When the store can be told to skip them
 (``LedgerStore.append(…, verify_signatures=False)``; detected at import), :func:`verify_signatures` checks them first
@@ -39,7 +44,9 @@ from koinon.ledger import cbor
 from koinon.ledger.cuts import GENESIS, Chain, leader
 from koinon.ledger.event import Event, verify_signature_of
 from koinon.ledger.export import iter_store_wires, store_quarantine
+from koinon.ledger.lineage import CutHeights, claim_of
 from koinon.ledger.store import LedgerStore, check_equivocation_proof
+from koinon.swarm.rounds import Certificate, RoundChain
 
 DAY_MS = 86_400_000
 PARALLEL_MIN_EVENTS = 4000  # below this, starting worker processes costs more than the signatures
@@ -58,16 +65,26 @@ class AuditReport:
     final_cut: dict | None  # {index, epoch, size, root, id, author} of the last final cut
     log_root: str  # hex RFC 9162 root of the total order (equals the final cut's root)
     members: list[str]  # members at the last final cut
-    rounds: list[dict]  # one per round event: {position, round, author, prev_theta, theta, participants, final}
+    # one per round event, final ones first in total order: {position, final, round (the author's attempt), height,
+    # author, prev_theta, theta, state, participants (contributors), samples, certified (agrees with a final
+    # certificate)}
+    rounds: list[dict]
     equivocators: list[str]
     kinds: dict[str, int]
     founders: list[str] = field(default_factory=list)
     cuts: dict[str, int] = field(default_factory=dict)  # proposed, checked, notarized, final
     excluded: int = 0  # events of equivocators refused after their equivocation
-    lineage_breaks: list[dict] = field(default_factory=list)  # round events whose θ before no earlier round made
+    # always empty in a returned report: a lineage break fails the audit (the AuditFailure carries the list as
+    # ``lineage_breaks``); kept for callers that check it
+    lineage_breaks: list[dict] = field(default_factory=list)
     # the governance state after the last final cut: proposals by state, decisions, the configuration in force,
     # and final round events whose configuration hash is not the one in force at the cut they name
     governance: dict = field(default_factory=dict)
+    height: int = 0  # the height the final log certifies
+    head: dict | None = None  # its certificate: {height, prev_theta, theta, state, contributors, signers, electorate}
+    uncertified: int = 0  # final round events that agree with no certificate (allowed: a split group, a late retry)
+    cut_heights: list[int] = field(default_factory=list)  # the height certified through each final cut
+    min_contributors: int = 0  # k, the charter's rule
 
     def summary(self) -> str:
         def tail(member: str) -> str:
@@ -100,26 +117,28 @@ class AuditReport:
         lines.append(f"members       {len(self.members)}: {listed}")
         lines.append(f"equivocators  {', '.join(tail(m) for m in self.equivocators) if self.equivocators else 'none'}")
         final_rounds = [r for r in self.rounds if r["final"]]
-        numbers = sorted({r["round"] for r in final_rounds})
-        if numbers:
-            last = final_rounds[-1]
-            span = f"rounds {numbers[0]}…{numbers[-1]}" if len(numbers) > 1 else f"round {numbers[0]}"
+        if self.head:
+            c = self.head
             lines.append(
-                f"rounds        {len(numbers)} final ({span}, {len(final_rounds)} round events), "
-                f"last θ {last['theta'][:16]}…"
+                f"rounds        height {self.height} certified: θ {c['theta'][:16]}… (state {c['state'][:12]}…), "
+                f"signed by {len(c['signers'])} of {len(c['electorate'])} electors, {len(c['contributors'])} "
+                f"contributor(s); k = {self.min_contributors}"
             )
         else:
-            lines.append("rounds        none final yet")
+            lines.append(f"rounds        no height certified yet; k = {self.min_contributors}")
+        if final_rounds:
+            attempts = sorted({r["round"] for r in final_rounds})
+            lines.append(
+                f"              {len(final_rounds)} final round events (attempts {attempts[0]}…{attempts[-1]}), "
+                f"{self.uncertified} agree with no certificate"
+            )
         if len(self.rounds) > len(final_rounds):
             lines.append(f"              {len(self.rounds) - len(final_rounds)} round events pending")
-        if self.lineage_breaks:
-            for b in self.lineage_breaks:
-                lines.append(
-                    f"θ lineage     break: round {b['round']} by {tail(b['author'])} starts from θ "
-                    f"{b['prev_theta'][:16]}…, which no earlier round produced"
-                )
-        elif numbers:
-            lines.append("θ lineage     unbroken: every round starts from a θ an earlier round produced")
+        if final_rounds:
+            lines.append(
+                "θ lineage     unbroken: every final round event for a height h ≥ 2 starts from the θ certified at "
+                "h − 1 before it"
+            )
         g = self.governance
         if g:
             states = ", ".join(f"{k} {n}" for k, n in sorted(g["proposals"].items())) or "none"
@@ -130,10 +149,10 @@ class AuditReport:
             if g["config_mismatches"]:
                 for m in g["config_mismatches"]:
                     lines.append(
-                        f"              round {m['round']} by {tail(m['author'])} claims configuration "
-                        f"{m['claimed'][:12]}… but cut #{m['gov']} has {str(m['in_force'])[:12]}… in force"
+                        f"              height {m['height']} (attempt {m['round']}) by {tail(m['author'])} claims "
+                        f"configuration {m['claimed'][:12]}… but cut #{m['gov']} has {str(m['in_force'])[:12]}… in force"
                     )
-            elif numbers:
+            elif final_rounds:
                 lines.append("              every final round trained under the configuration in force at its cut")
         return "\n".join(lines)
 
@@ -420,32 +439,41 @@ def audit(
     if last is not None and (last.event.body["root"] != log_root or last.event.body["size"] != size):
         raise name.failure(position[last.id], "the final log's root or size differs from the cut's signed values")
 
-    # 5. state
+    # 5. state, and the θ lineage: the final round events, in final order, through the certificate rule
     by_id = {e.id: e for e in events}
     final_ids = set(ids)
     charter = store.charter()
-    rounds, produced, breaks = [], set(), []
+    lineage = _lineage(ids, by_id, final, charter)
+    if lineage.breaks:
+        first = lineage.breaks[0]
+        more = len(lineage.breaks) - 1
+        error = name.failure(
+            position[bytes.fromhex(first["id"])],
+            _break_reason(first) + (f" ({more} more lineage break(s) after it)" if more else ""),
+        )
+        error.lineage_breaks = lineage.breaks  # type: ignore[attr-defined]
+        raise error
+    rounds = []
     ordered = [by_id[i] for i in ids] + [e for e in events if e.id in position and e.id not in final_ids]
     for index, e in enumerate(ordered):
         if e.kind != "round":
             continue
-        entry = {
-            "position": index if e.id in final_ids else None,
-            "final": e.id in final_ids,
-            "round": int(e.body["round"]),
-            "author": e.author,
-            "prev_theta": e.body["prev_theta"].hex(),
-            "theta": e.body["theta"].hex(),
-            "participants": list(e.body["participants"]),
-            "samples": int(e.body["samples"]),
-        }
-        rounds.append(entry)
-        if e.id in final_ids:  # the first final round starts from the initial θ; every later one from a θ made before
-            if not produced:
-                produced.add(e.body["prev_theta"])
-            elif e.body["prev_theta"] not in produced:
-                breaks.append(entry)
-            produced.add(e.body["theta"])
+        final_event = e.id in final_ids
+        rounds.append(
+            {
+                "position": index if final_event else None,
+                "final": final_event,
+                "round": int(e.body["round"]),
+                "height": int(e.body["height"]),
+                "author": e.author,
+                "prev_theta": e.body["prev_theta"].hex(),
+                "theta": e.body["theta"].hex(),
+                "state": e.body["state"].hex(),
+                "participants": list(e.body["participants"]),
+                "samples": int(e.body["samples"]),
+                "certified": final_event and e.id not in lineage.uncertified,
+            }
+        )
     notarized = sum(1 for c in chain.cuts if chain.notarized(c))
     governance = _governance(chain, [by_id[i] for i in ids])
     members = chain.members(last.id if last else GENESIS) or frozenset()
@@ -472,9 +500,94 @@ def audit(
         founders=sorted(charter.body["founders"] or [charter.author]) if charter else [],
         cuts={"proposed": len(chain.cuts), "checked": checked, "notarized": notarized, "final": len(final)},
         excluded=excluded,
-        lineage_breaks=breaks,
+        lineage_breaks=[],
         governance=governance,
+        height=lineage.chain.height if lineage.chain else 0,
+        head=_certificate_dict(lineage.chain.head) if lineage.chain and lineage.chain.head else None,
+        uncertified=len(lineage.uncertified),
+        cut_heights=lineage.cut_heights,
+        min_contributors=lineage.chain.k if lineage.chain else 0,
     )
+
+
+@dataclass
+class _Lineage:
+    chain: RoundChain | None  # the certificates of the final log (None: no charter)
+    breaks: list[dict]
+    uncertified: set[bytes]  # final round events that agree with no certificate
+    cut_heights: list[int]
+
+
+def _lineage(ids: Sequence[bytes], by_id: dict[bytes, Event], final: Sequence, charter: Event | None) -> _Lineage:
+    """Replay the final log in its total order through the certificate rule (koinon.swarm.rounds.RoundChain).
+
+    A final round event for height h ≥ 2 must start from the θ that the final events before it certified at
+    h − 1; one that does not is a lineage break. Height 1 starts from the genesis θ, which nothing certifies: any
+    prev θ is accepted there, but a height-1 certificate still needs a majority of the founders to agree."""
+    if charter is None:
+        return _Lineage(None, [], set(), [])
+    tracker = CutHeights(charter)
+    ends = [int(c.event.body["size"]) for c in final]
+    breaks: list[dict] = []
+    claims = []
+    next_cut = 0
+    for p, event_id in enumerate(ids):
+        e = by_id[event_id]
+        if e.kind == "round":
+            claim = claim_of(e)
+            claims.append((e.id, claim))
+            if claim.height >= 2:
+                cert = tracker.chain.certificate(claim.height - 1)
+                # the canonical θ, or a losing fork's that a late vote also certified (RoundChain.certified): a
+                # peer that built on that fork before the late vote decided it is not the one to blame
+                if not tracker.chain.certified(claim.height - 1, claim.prev):
+                    breaks.append(
+                        {
+                            "position": p,
+                            "id": e.id.hex(),
+                            "author": e.author,
+                            "round": int(e.body["round"]),
+                            "height": claim.height,
+                            "prev_theta": claim.prev.hex(),
+                            "expected": cert.theta.hex() if cert is not None else None,
+                        }
+                    )
+        tracker.add(e)
+        while next_cut < len(ends) and ends[next_cut] <= p + 1:
+            tracker.end_cut()
+            next_cut += 1
+    chain = tracker.chain
+    uncertified = set()
+    for event_id, claim in claims:
+        cert = chain.certificate(claim.height)
+        if cert is None or (cert.prev, cert.theta, cert.state, tuple(sorted(cert.contributors))) != claim.key:
+            uncertified.add(event_id)
+    return _Lineage(chain, breaks, uncertified, list(tracker.heights))
+
+
+def _break_reason(b: dict) -> str:
+    h = b["height"]
+    why = (
+        f"height {h - 1} is not certified by the final events before it"
+        if b["expected"] is None
+        else f"the θ certified at height {h - 1} is {b['expected'][:16]}…"
+    )
+    return (
+        f"θ lineage break: round event {b['id'][:16]} (final position {b['position']}) by …{b['author'][-8:]} "
+        f"makes height {h} from θ {b['prev_theta'][:16]}…, but {why}"
+    )
+
+
+def _certificate_dict(cert: Certificate) -> dict:
+    return {
+        "height": cert.height,
+        "prev_theta": cert.prev.hex(),
+        "theta": cert.theta.hex(),
+        "state": cert.state.hex(),
+        "contributors": sorted(cert.contributors),
+        "signers": sorted(cert.signers),
+        "electorate": sorted(cert.electorate),
+    }
 
 
 def _governance(chain: Chain, final_events: list) -> dict:
@@ -494,6 +607,7 @@ def _governance(chain: Chain, final_events: list) -> dict:
             mismatches.append(
                 {
                     "round": int(e.body["round"]),
+                    "height": int(e.body["height"]),
                     "author": e.author,
                     "gov": g,
                     "claimed": e.body["config"].hex(),

@@ -47,6 +47,17 @@ def array(check: Checker, limit: int = 4096) -> Checker:
     return lambda v: isinstance(v, list) and len(v) <= limit and all(check(x) for x in v)
 
 
+def member_set(limit: int = 4096) -> Checker:
+    """A list of member ids, sorted and without repeats (one encoding per set)."""
+    check = array(member, limit)
+    return lambda v: check(v) and all(a < b for a, b in zip(v, v[1:], strict=False))
+
+
+def height(v: object) -> bool:
+    """A round height: a count of certified rounds, at least 1 (height 0 is genesis, which no round makes)."""
+    return uint(v) and v >= 1
+
+
 def mapping(v: object) -> bool:
     return isinstance(v, dict)
 
@@ -103,17 +114,22 @@ register_kind("leave", {"reason": text(256)}, "A member leaves cleanly.")
 register_kind(
     "round",
     {
-        "round": uint,
-        "theta": hash32,
-        "prev_theta": hash32,
-        "participants": array(member, 4096),
+        "round": uint,  # the author's attempt counter (commits carry the same number)
+        "height": height,  # the height this round makes: θ_height, if certified
+        "theta": hash32,  # θ_height: sha256 of θ after the round
+        "prev_theta": hash32,  # θ_{height−1}: the certified θ the round started from (the genesis θ at height 1)
+        "state": hash32,  # sha256 of the post-round state: height, θ and outer momentum
+        "participants": member_set(4096),  # the round's contributors, sorted
         "samples": uint,
         "bytes": uint,
         "config": hash32,
-        "gov": lambda v: v is None or uint(v),
+        "gov": optional(uint),
     },
-    "A finished training round as its author saw it: θ before and after, the group, samples and bytes, the hash "
-    "of the configuration in force and the final cut index whose governance state set it (null: the charter).",
+    "A contributor's signed statement of a finished round: the height it makes, θ before and after, the post-round "
+    "state hash, the contributors (sorted member ids), its attempt counter, samples and bytes, the hash of the "
+    "configuration in force and the final cut index whose governance state set it (null: the charter). The first "
+    "round events of a height by a strict majority of the electorate that agree on (prev θ, θ, state, contributors) "
+    "certify θ_height (koinon.swarm.rounds.RoundChain; koinon.ledger.lineage reads it off the ledger).",
 )
 register_kind(
     "commit",

@@ -22,12 +22,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from koinon.errors import Equivocation, InvalidEvent
 from koinon.identity import Identity
 from koinon.ledger import cbor
 from koinon.ledger.cuts import GENESIS, Chain, leader
+from koinon.ledger.event import MAX_PARENTS as EVENT_MAX_PARENTS
 from koinon.ledger.event import Event
 from koinon.ledger.merkle import leaf_hash
 from koinon.ledger.store import LedgerStore
@@ -78,8 +79,12 @@ class LedgerNode:
             self._store(event)
             return event
 
-    def append_own(self, kind: str, body: dict) -> Event:
-        """Sign and store the next event of this member's feed (parents: other authors' newest heads)."""
+    def append_own(self, kind: str, body: dict, cite: Iterable[str] = ()) -> Event:
+        """Sign and store the next event of this member's feed (parents: other authors' newest heads).
+
+        ``cite``: authors whose heads must be among the parents (up to ``event.MAX_PARENTS`` in all), so that
+        their events so far come before this one in every canonical order: a ``round`` event cites the signers of
+        the certificate it builds on, whose round events the audit needs to see first (docs/ledger.md §8)."""
         with self._lock:
             if self.store.swarm_id is None:
                 raise InvalidEvent("no charter yet: found a swarm or sync with one first")
@@ -87,7 +92,11 @@ class LedgerNode:
             seq, prev = heads.get(self.me, (0, None))
             banned = self.store.banned()
             others = sorted(((s, i) for a, (s, i) in heads.items() if a != self.me and a not in banned), reverse=True)
-            parents = [i for _, i in others[:MAX_PARENTS]]
+            wanted = {heads[a][1] for a in cite if a in heads and a != self.me and a not in banned}
+            room = EVENT_MAX_PARENTS - min(len(wanted), EVENT_MAX_PARENTS)
+            parents = (
+                sorted(wanted)[:EVENT_MAX_PARENTS] + [i for _, i in others[:MAX_PARENTS] if i not in wanted][:room]
+            )
             event = Event.create(
                 self.identity,
                 swarm=self.store.swarm_id,

@@ -1,11 +1,13 @@
 """Using the swarm's model: find servers through the DHT, pick one, fail over mid-answer (docs/serving.md).
 
-``Client.complete`` streams one completion. Servers come from ``--server`` URLs or from the ``<swarm>_servers``
-records that ``koinon serve`` keeps in the DHT; each is probed (``GET /health``: latency, live load, model hash) and
-the client uses the least loaded, nearest one whose model hash is allowed (a release's θ). If that server dies
-in the middle of the answer (connection closed or reset, no chunk for ``read_timeout`` seconds, a 5xx), the client
-sends the prompt plus the tokens it already has to the next server, as token ids, and goes on: for greedy decoding
-the answer is exactly the one an uninterrupted server would have given. Only stdlib HTTP: no dependency.
+``Client.complete`` streams one completion. Servers come from ``--server`` URLs or from the signed
+``<swarm>_servers`` records that ``koinon serve`` keeps in the DHT (koinon.swarm.announce: forged or malformed
+ones are skipped); each is probed (``GET /health``: latency, live load, model hash; a server whose answer is
+malformed is skipped) and the client uses the least loaded, nearest one whose model hash is allowed (a release's
+θ). If that server dies in the middle of the answer (connection closed or reset, no chunk for ``read_timeout``
+seconds, a 5xx), the client sends the prompt plus the tokens it already has to the next server, as token ids, and
+goes on: for greedy decoding the answer is exactly the one an uninterrupted server would have given. Only stdlib
+HTTP: no dependency.
 """
 
 from __future__ import annotations
@@ -77,23 +79,31 @@ def probe(url: str, timeout: float = 3.0) -> Server | None:
         return None
     if resp.status != 200 or not isinstance(info, dict) or not isinstance(info.get("model_hash"), str):
         return None
+    load, capacity, release = info.get("load", 0), info.get("capacity", 1), info.get("release")
+    if not _is_int(load) or not _is_int(capacity) or not isinstance(release, (str, type(None))):
+        logger.warning("server %s: malformed /health (load %.40r, capacity %.40r); skipping it", url, load, capacity)
+        return None
     return Server(
         url=url,
         model=str(info.get("model", "")),
         model_hash=info["model_hash"],
-        release=info.get("release"),
-        load=int(info.get("load", 0)),
-        capacity=max(1, int(info.get("capacity", 1))),
+        release=release,
+        load=max(0, load),
+        capacity=max(1, capacity),
         latency=time.monotonic() - t0,
     )
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def discover_urls(dht, swarm_id: str) -> list[str]:
     """The endpoints ``koinon serve`` processes of this swarm announce in the DHT."""
-    from koinon.swarm.announce import live_records, record_key
+    from koinon.swarm.announce import FIELD_TYPES, live_records, record_key
 
-    records = live_records(dht, record_key(serve_key(swarm_id), "servers"), required="load")
-    return sorted({str(v["url"]) for v in records.values() if isinstance(v.get("url"), str)})
+    records = live_records(dht, record_key(serve_key(swarm_id), "servers"), "load", types=FIELD_TYPES["servers"])
+    return sorted({v["url"] for v in records.values() if isinstance(v.get("url"), str)})
 
 
 def serve_key(swarm_id: str) -> str:

@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from koinon.errors import KoinonError, StateError
+from koinon.ledger.lineage import round_chain
 from koinon.ledger.merkle import inclusion_proof, leaf_hash, verify_inclusion
 
 FORMAT = "koinon-model-card/v1"
@@ -117,10 +118,13 @@ def build_provenance(store, theta: bytes, tag: str | None = None, cut_index: int
     data_names = dict(state.data)
     seq_len = json.loads(state.config.canonical_json()).get("seq_len") if state.config else None
     reported: dict[int, list[int]] = {}
+    rounds = round_chain(events)  # only certified rounds count (docs/training.md §2)
     for e in events:
-        if e.kind == "round" and e.body["round"] <= b["round"]:
-            reported.setdefault(e.body["round"], []).append(int(e.body["samples"]))
-    # each round's samples as most of its reporters saw them (the lower median): one member can't inflate them
+        if e.kind == "round" and e.body["height"] <= b["round"]:
+            cert = rounds.certificate(int(e.body["height"]))
+            if cert is not None and cert.theta == e.body["theta"] and e.author in cert.signers:
+                reported.setdefault(e.body["height"], []).append(int(e.body["samples"]))
+    # each round's samples as most of its signers saw them (the lower median): one member can't inflate them
     per_round = {r: sorted(v)[(len(v) - 1) // 2] for r, v in reported.items()}
     samples = sum(per_round.values())
 

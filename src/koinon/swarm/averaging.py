@@ -13,25 +13,24 @@ un-averaged on some peers (shared/HIVEMIND.md, traps 2 and 3). ``ExactAllReduceR
 3. ``ExactAverager`` copies results into the averaged tensors only when *every* part arrived; otherwise the
    attempt raises, hivemind retries matchmaking (without whoever died) within the step's deadline, and the
    local tensors are untouched in between.
-4. Who counts, and with which wire encoding, is decided inside the all-reduce by :func:`group_decision`, a pure
-   function of the group's all-gathered metadata (``step(gather=...)``), which every member receives identically:
-   so every member takes the same decision without another message. Members that are not ``contributors`` (a
-   different pre-round state, round or training config than the group's majority; expelled by governance
-   according to the majority of the canonical members; malformed metadata) still take part in the protocol,
-   so nobody's all-reduce fails, but their parts count with weight 0; all members receive the contributors'
-   average. The parts travel with the compression the canonical members voted for, which overrides the
-   averager's configured one (governance can change it mid-run). If all contributors have weight 0 the
-   average is zeros (:class:`ExactPartReducer`; stock hivemind 1.1.12 would divide 0 by 0). When no member
-   sent well-formed metadata, everyone counts with the averager's configured compression (the old behaviour).
-   The host recomputes the same decision from the gathered dict that ``step()`` returns
-   (``group_decision(result)``; keys may be ``PeerID`` or base58 strings).
-5. Each part is aggregated by the reducer the canonical members voted for (``reducer`` in the gather, chosen like
-   the compression; ``aggregation/reducers.py``: mean, trimmed mean, median, CenteredClip): the part reducer keeps
-   every sender's (part, weight) and, once the part is complete, sends every sender ``reduce(reducer, parts,
-   weights)`` instead of a running weighted mean. Left-out and rejected senders count with weight 0, which every
-   reducer leaves out. Without a decision, the averager's configured reducer (default ``mean``) is used. This
-   defends against Byzantine *senders*; a Byzantine peer that reduces a part for the others is HIVEMIND.md trap 5,
-   not handled here.
+4. Who counts, and with which wire encoding and reducer, is decided inside the all-reduce by :func:`group_decision`
+   (``swarm/rounds.py``: ``decide_group``), a pure function of the group's all-gathered metadata
+   (``step(gather=...)``), which every member receives identically, so every member takes the same decision
+   without another message. Each member's gather is signed with its member key: a leader that relays the
+   gathered data cannot change what a member said. Members that are not ``contributors`` (another pre-round
+   state, electorate, configuration or governance state than the group's key; expelled; no samples; a bad
+   signature or malformed metadata) still take part in the protocol, so nobody's all-reduce fails, but their
+   parts count with weight 0; all members receive the contributors' average. Whether that average may become the
+   swarm's next θ (a *candidate* group) is the host's decision from the same data (``Peer`` and
+   ``RoundProtocol``). If all contributors have weight 0 the average is zeros (:class:`ExactPartReducer`; stock
+   hivemind 1.1.12 would divide 0 by 0). When no member sent valid metadata, everyone counts with the averager's
+   configured compression and reducer.
+5. Each part is aggregated by the reducer of the group's key (``aggregation/reducers.py``: mean, trimmed mean,
+   median, CenteredClip): the part reducer keeps every sender's (part, weight) and, once the part is complete,
+   sends every sender ``reduce(reducer, parts, weights)`` instead of a running weighted mean. Left-out and
+   rejected senders count with weight 0, which every reducer leaves out. This defends against Byzantine
+   *senders*; a Byzantine peer that reduces a part for the others is not handled here (docs/training.md,
+   "What remains open").
 
 Bytes sent (all parts and results this peer put on the wire) are counted in shared memory, so the host process
 can report them.
@@ -40,12 +39,9 @@ can report them.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import multiprocessing as mp
-from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 import torch
 from hivemind.averaging import DecentralizedAverager
@@ -60,54 +56,13 @@ from hivemind.utils.streaming import combine_from_streaming
 
 from koinon.aggregation import REDUCERS
 from koinon.aggregation.reducers import reduce
+from koinon.identity import verify_signature
 from koinon.swarm.compression import get_compression
 from koinon.swarm.compression import install as install_compression
+from koinon.swarm.rounds import GroupDecision, decide_group
+from koinon.swarm.rounds import left_out as _left_out
 
 logger = logging.getLogger("koinon.swarm")
-
-
-# --- who counts: a pure function of the all-gathered metadata ----------------------------------------------------
-GATHER_KEYS = ("member", "round", "state", "samples", "config", "compression", "reducer", "excluded", "gov")
-
-
-@dataclass(frozen=True)
-class GroupDecision:
-    """What every member of one all-reduce group decides from the same gathered metadata.
-
-    ``canonical_*``: the pre-round (state hash, round, training-config hash) most members held.
-    ``contributors``: base58 peer ids whose parts count: members holding the canonical key, minus ``excluded``.
-    ``compression``: the wire encoding the canonical members voted for (a name for ``get_compression``).
-    ``reducer``: the aggregation the canonical members voted for (a name in ``aggregation.REDUCERS``).
-    ``excluded``: member ids expelled by governance, as the canonical members' majority reports them (they may or
-    may not be in this group).
-    """
-
-    canonical_state: str
-    canonical_round: int
-    canonical_config: str
-    contributors: frozenset[str]
-    compression: str
-    excluded: frozenset[str]
-    reducer: str
-
-
-@dataclass(frozen=True)
-class _Gather:
-    """One member's well-formed gather dict (``excluded`` sorted and de-duplicated)."""
-
-    member: str
-    round: int
-    state: str
-    samples: int
-    config: str
-    compression: str
-    reducer: str
-    excluded: tuple[str, ...]
-    gov: int
-
-    @property
-    def key(self) -> tuple[str, int, str]:
-        return (self.state, self.round, self.config)
 
 
 def _peer_key(peer: object) -> str | None:
@@ -119,146 +74,39 @@ def _peer_key(peer: object) -> str | None:
     return None
 
 
-def _is_count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _known_compression(name: object) -> bool:
-    if not isinstance(name, str):
-        return False
-    try:
-        get_compression(name)
-    except KeyError:
-        return False
-    return True
-
-
-def _parse_gather(peer: str, info: object) -> tuple[_Gather | None, str]:
-    """(the parsed gather dict, "") or (None, why it is malformed). Never raises: the data comes off the network."""
-    if not isinstance(info, dict):
-        return None, f"gathered metadata is a {type(info).__name__}, not a dict"
-    missing = [k for k in GATHER_KEYS if k not in info]
-    if missing:
-        return None, f"gathered metadata lacks {', '.join(missing)}"
-    if info["member"] != peer:
-        # member id = libp2p identity (node.start_dht checks it); a member claiming another id could dodge expulsion
-        return None, "gathered member id is not its peer id"
-    for name in ("round", "samples", "gov"):
-        if not _is_count(info[name]):
-            return None, f"gathered {name} is not a non-negative int"
-    for name in ("state", "config"):
-        if not isinstance(info[name], str):
-            return None, f"gathered {name} is not a string"
-    if not _known_compression(info["compression"]):
-        return None, f"unknown compression {info['compression']!r}"
-    if not isinstance(info["reducer"], str) or info["reducer"] not in REDUCERS:
-        return None, f"unknown reducer {info['reducer']!r}"
-    excluded = info["excluded"]
-    if not isinstance(excluded, (list, tuple)) or not all(isinstance(m, str) for m in excluded):
-        return None, "gathered excluded is not a list of member ids"
-    return (
-        _Gather(
-            member=info["member"],
-            round=info["round"],
-            state=info["state"],
-            samples=info["samples"],
-            config=info["config"],
-            compression=info["compression"],
-            reducer=info["reducer"],
-            excluded=tuple(sorted(set(excluded))),
-            gov=info["gov"],
-        ),
-        "",
-    )
-
-
-def _parse_all(gathered: Mapping[object, object]) -> tuple[dict[str, _Gather], dict[str, str]]:
-    """(well-formed members by base58 peer id, why each other member is malformed)."""
-    valid: dict[str, _Gather] = {}
-    malformed: dict[str, str] = {}
+def by_member(gathered: Mapping[object, object]) -> dict[str, object]:
+    """The gathered dict keyed by base58 member id (``step()`` returns ``PeerID`` keys)."""
+    out: dict[str, object] = {}
     for peer, info in gathered.items():
         key = _peer_key(peer)
-        if key is None:
-            continue  # not even a peer id: nobody to leave out by name
-        parsed, reason = _parse_gather(key, info)
-        if parsed is None:
-            malformed[key] = reason
-        else:
-            valid[key] = parsed
-    return valid, malformed
+        if key is not None:
+            out[key] = info
+    return out
 
 
-def _canonical_key(members: Iterable[_Gather]) -> tuple[str, int, str] | None:
-    votes = Counter(m.key for m in members)
-    if not votes:
-        return None
-    # same order as peer.choose_canonical (most votes, then higher round, then smaller state hash), then config
-    return min(votes, key=lambda k: (-votes[k], -k[1], k[0], k[2]))
-
-
-def canonical_key(gathered: Mapping[object, object]) -> tuple[str, int, str] | None:
-    """The (state hash, round, config hash) most well-formed members held before the round; None if none is.
-
-    Ties: higher round, then smaller state hash, then smaller config hash (``peer.choose_canonical`` extended by
-    the config). Malformed entries do not vote.
-    """
-    valid, _ = _parse_all(gathered)
-    return _canonical_key(valid.values())
-
-
-def _canonical_json(ids: tuple[str, ...]) -> str:
-    return json.dumps(list(ids), separators=(",", ":"))
+def _known_encodings(info: object) -> object:
+    """``info``, or None (malformed) when it names a compression or reducer this peer does not have."""
+    if isinstance(info, dict):
+        compression, reducer = info.get("compression"), info.get("reducer")
+        try:
+            get_compression(compression)  # type: ignore[arg-type]
+        except (KeyError, TypeError):
+            return None
+        if reducer not in REDUCERS:
+            return None
+    return info
 
 
 def group_decision(gathered: Mapping[object, object]) -> GroupDecision | None:
-    """Who counts in this all-reduce, and which compression and reducer it uses, from the all-gathered metadata.
-
-    ``gathered`` maps base58 peer ids (or ``PeerID``, as ``step()`` returns them) to each member's gather dict with
-    the keys in ``GATHER_KEYS``. Pure and order-independent: every member of the group, and the host process
-    afterwards, computes the same decision from the same gathered data. A malformed entry (not a dict, a key
-    missing, a wrong type, an unknown compression or reducer, a member id that is not its peer id) never raises:
-    that member does not vote and does not contribute. Returns None when no entry is well-formed (then everyone
-    counts with the averager's configured compression and reducer, as before this decision existed).
-    """
-    valid, _ = _parse_all(gathered)
-    key = _canonical_key(valid.values())
-    if key is None:
-        return None
-    canonical = {peer: g for peer, g in valid.items() if g.key == key}
-    # the expelled set, the encoding and the reducer are what most canonical members report; ties broken by a total
-    # order so that no member can be in doubt (smallest canonical JSON of the sorted id list; smallest name)
-    lists = Counter(g.excluded for g in canonical.values())
-    excluded = min(lists, key=lambda e: (-lists[e], _canonical_json(e)))
-    encodings = Counter(g.compression for g in canonical.values())
-    compression = min(encodings, key=lambda c: (-encodings[c], c))
-    reducers = Counter(g.reducer for g in canonical.values())
-    reducer = min(reducers, key=lambda r: (-reducers[r], r))
-    return GroupDecision(
-        canonical_state=key[0],
-        canonical_round=key[1],
-        canonical_config=key[2],
-        contributors=frozenset(peer for peer in canonical if peer not in excluded),
-        compression=compression,
-        excluded=frozenset(excluded),
-        reducer=reducer,
-    )
+    """:func:`koinon.swarm.rounds.decide_group` on a gathered dict keyed by ``PeerID`` or base58 strings, with
+    member signatures checked by ``identity.verify_signature``; a member naming an unknown compression or reducer
+    counts as malformed."""
+    return decide_group({m: _known_encodings(v) for m, v in by_member(gathered).items()}, verify_signature)
 
 
 def left_out(gathered: Mapping[object, object], decision: GroupDecision) -> dict[str, str]:
     """Why each member of ``gathered`` that is not a contributor was left out (base58 peer id → reason)."""
-    valid, reasons = _parse_all(gathered)
-    for peer, g in valid.items():
-        if peer in decision.contributors:
-            continue
-        if peer in decision.excluded:
-            reasons[peer] = "expelled by governance"
-        elif g.config != decision.canonical_config:
-            reasons[peer] = f"trained with config {g.config[:12]}, the group's is {decision.canonical_config[:12]}"
-        elif g.round != decision.canonical_round:
-            reasons[peer] = f"at round {g.round}, the group is at round {decision.canonical_round}"
-        else:
-            reasons[peer] = f"pre-round state {g.state[:12]}, the group's is {decision.canonical_state[:12]}"
-    return reasons
+    return _left_out(by_member(gathered), decision, verify_signature)
 
 
 class ExactPartReducer(TensorPartReducer):
@@ -485,8 +333,8 @@ class ExactAverager(DecentralizedAverager):
             leaving = {p: reasons[p.to_base58()] for p in group_info.peer_ids if p.to_base58() in reasons}
             if leaving:
                 logger.info(
-                    "round %d: %d of %d group members left out of the average (weight 0): %s",
-                    decision.canonical_round,
+                    "height %d: %d of %d group members left out of the average (weight 0): %s",
+                    decision.height,
                     len(leaving),
                     len(group_info.peer_ids),
                     "; ".join(f"{p.to_base58()}: {why}" for p, why in leaving.items()),
@@ -583,12 +431,9 @@ class ExactAverager(DecentralizedAverager):
 
 
 __all__ = [
-    "GATHER_KEYS",
     "ExactAllReduceRunner",
     "ExactAverager",
     "ExactPartReducer",
-    "GroupDecision",
-    "canonical_key",
     "group_decision",
     "left_out",
 ]

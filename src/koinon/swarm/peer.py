@@ -1,25 +1,25 @@
-"""One training peer: joins the swarm, trains DiLoCo rounds, averages pseudo-gradients exactly, stays in sync.
+"""One training peer: the driver of the round protocol (``swarm/rounds.py``) over hivemind.
 
-Round ``r`` on a peer (DESIGN §4; docs/training.md has the full protocol and why it converges):
+Each attempt (docs/training.md §2 has the protocol and its safety argument):
 
-1. Announce ``(round r, eta)`` in the DHT; train H inner steps on this round's shard (or, on the first round
-   after joining late, contribute nothing: weight 0, Δ = 0).
-2. Average Δ with the round's group through :class:`~koinon.swarm.averaging.ExactAverager`, weighted by samples.
-   Everyone schedules the all-reduce at the latest announced eta, so one slow peer does not split the round.
-   The all-gather carries each member's pre-round state hash (round, θ, outer momentum).
-3. Apply the outer Nesterov step to the identical Δ̄ → bit-identical θ_r on every member that started equal.
-4. The group's *canonical* pre-round state is the one most members held (ties: higher round, then smaller
-   hash); every member computes the same choice from the same gathered data. A member that held another state
-   (it missed a round, or a round split in two) downloads the state of a canonical member and continues from it.
-   A member whose averaging failed entirely does the same with the most advanced live peer.
+1. Take the governance state the final ledger puts in force for the height we work toward
+   (``rounds.governance_in_force``): a pure function of final ledger data, the same on every peer.
+2. Announce that height and our ETA in the DHT (a scheduling hint), train H inner steps from our θ, commit.
+3. Do what the protocol asks first (``RoundProtocol.before_gather``): wait for our last result's certificate,
+   go back to our last certified state if it does not come, or sync to a certified state from one of its
+   signers (``sync.py``: checked against the certificate's hashes).
+4. Fold our pending contributions (staleness-weighted) into one, sign a gather, all-reduce (``exchange.py``).
+5. The group's decision (``rounds.decide_group``, the same on every member): a candidate group's members apply
+   the outer step (θ_{h+1}, optimistic until its certificate is on our ledger) and its contributors sign a
+   ``round`` event; everybody else keeps its work pending for the next attempt.
 
-Every round appends one JSON line to ``$HOME/metrics.jsonl`` (the demo and the tests read it).
+Every attempt appends JSON lines to ``$HOME/metrics.jsonl`` (the demo, the tests and the benchmarks read it).
+This class decides nothing: the decisions are in ``rounds.py``; verification duties, checkpoints and metrics
+live in ``verification/duties.py``, ``store/releases.py`` and ``metrics.py``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import threading
 import time
@@ -29,32 +29,37 @@ from pathlib import Path
 import torch
 
 from koinon.config import TrainingConfig
-from koinon.errors import HashMismatch, KoinonError, SwarmError
+from koinon.errors import KoinonError, SwarmError
 from koinon.governance.charter import charter_from_toml, default_charter_text, training_body
-from koinon.identity import Identity, short_id
+from koinon.identity import Identity
 from koinon.ledger.node import LedgerNode
 from koinon.ledger.outbox import HomeLock, Outbox
 from koinon.ledger.p2p import LedgerService
 from koinon.ledger.store import LedgerStore
-from koinon.store.checkpoint import save_checkpoint, save_content
-from koinon.store.fetch import (
-    CheckpointServer,
-    FetchError,
-    content_of,
-    fetch_checkpoint,
-    finish_fetch,
-    make_manifest,
-    manifest_id,
-)
+from koinon.store.fetch import CheckpointServer
+from koinon.store.releases import CheckpointKeeper
 from koinon.swarm import node
 from koinon.swarm.announce import Announcer
 from koinon.swarm.attacks import AttackContext, apply_attack, check_attack
-from koinon.swarm.averaging import GATHER_KEYS, ExactAverager, canonical_key, group_decision
-from koinon.swarm.compression import get_compression, roundtrip
+from koinon.swarm.averaging import ExactAverager, group_decision
+from koinon.swarm.chainview import ChainView
+from koinon.swarm.compression import get_compression
+from koinon.swarm.exchange import Exchange
+from koinon.swarm.metrics import MetricsLog
+from koinon.swarm.rounds import (
+    Certificate,
+    GroupDecision,
+    Pending,
+    RoundProtocol,
+    governance_in_force,
+    sign_gather,
+)
+from koinon.swarm.sync import Snapshot, StateSync, state_hash
 from koinon.training.data import Corpus
 from koinon.training.diloco import InnerTrainer, OuterOptimizer
 from koinon.training.model import build_model, flat_parameters, theta_hash
-from koinon.verification.worker import BlobStore, Outcome, commitment, fetch_blob, made_up_trace, verify_commit
+from koinon.verification.duties import VerificationDuties
+from koinon.verification.worker import BlobStore, made_up_trace
 
 logger = logging.getLogger("koinon.peer")
 
@@ -68,7 +73,7 @@ class PeerOptions:
     announce: list[str] = field(default_factory=list)
     config: TrainingConfig = field(default_factory=TrainingConfig)
     swarm: str = "koinon"
-    max_rounds: int | None = None
+    max_rounds: int | None = None  # stop once the swarm's θ has this many certified rounds
     wait_for_peers: int = 1  # before round 1, wait (up to ``wait_timeout``) until this many peers are announced
     wait_timeout: float = 60.0
     matchmaking_time: float = 2.0
@@ -76,25 +81,11 @@ class PeerOptions:
     threads: int = 0  # torch threads; 0 keeps torch's default
     checkpoint_every: int = 10
     attack: str | None = None
+    slowdown: float = 1.0  # testing tool: each inner step takes this many times as long (a slow machine)
     epoch_ms: int = 2000  # ledger cut epochs (a charter rule: joiners take the founder's value)
     swarm_id: str | None = None  # hex: refuse to join a swarm whose charter has another id
     charter: dict | None = None  # the genesis body to found with (None: the example charter with ``config``)
-
-
-def state_hash(round_no: int, theta: torch.Tensor, momentum: torch.Tensor) -> str:
-    h = hashlib.sha256(round_no.to_bytes(8, "big"))
-    h.update(theta.numpy().tobytes())
-    h.update(momentum.numpy().tobytes())
-    return h.hexdigest()
-
-
-def choose_canonical(gathered: dict[str, dict]) -> tuple[str, int]:
-    """The pre-round state most members held: (state hash, round). Ties: higher round, then smaller hash."""
-    votes: dict[tuple[str, int], int] = {}
-    for info in gathered.values():
-        key = (str(info["state"]), int(info["round"]))
-        votes[key] = votes.get(key, 0) + 1
-    return min(votes, key=lambda k: (-votes[k], -k[1], k[0]))
+    min_contributors: int | None = None  # founding without a charter: the rule (None: the example charter's)
 
 
 class Peer:
@@ -110,7 +101,7 @@ class Peer:
         self.averager = None
         self._lock = threading.Lock()
         self.announcer: Announcer | None = None
-        self.metrics_path = self.home / "metrics.jsonl"
+        self.metrics = MetricsLog(self.home / "metrics.jsonl", logger)
         self.home_lock = HomeLock(self.home)  # one peer per home; the CLI then appends through our outbox
         (self.home / "STOP_AFTER").unlink(missing_ok=True)  # left over from an earlier demo run
 
@@ -128,32 +119,42 @@ class Peer:
             LedgerStore(self.home / "ledger.sqlite"), self.identity, lambda: int(time.time() * 1000), options.epoch_ms
         )
         self.ledger_service: LedgerService | None = None
-        self.round = 0
-        self.last_group: list[str] = [self.member]
         self.step_time = 0.1  # seconds per inner step, refined every round
         self._theta_hex = theta_hash(self.theta)
         self._bytes_recorded = 0
-        self._last_round_record: dict = {}
         self.tokens = 0
-        self.rounds_synced_from_peers = 0
         self.data_paths: list[Path] = list(options.data) if options.data else [Path("<stdlib>")]
         self.gov_index = -1  # the final cut whose governance state is in force (-1: the charter)
         self.gov = None  # that GovState (set once the charter is here)
-        self.pending_gov: int | None = None  # final cut count agreed in the last round, in force from the next
         self.config_known = False
-        self.last_contributors: list[str] = []
-        self._round_gov: int | None = None  # the final cut index in force during the current round (None: charter)
         self.last_average: torch.Tensor | None = None  # (P,) the last Δ̄ applied; kept only for `--attack alie`
         self.blobs = BlobStore()  # our trace states by hash (verifiers fetch them), and evidence we pinned
-        self.known_configs: dict[str, TrainingConfig] = {self.config.config_hash(): self.config}
-        self._answered: dict[bytes, int] = {}  # checks we answered (value -1) or tried to (attempts so far)
-        self._verify_trainer: InnerTrainer | None = None
+        self.verification = VerificationDuties(  # commitments, and the checks the ledger assigns to us
+            ledger=self.ledger,
+            member=self.member,
+            record=self._record,
+            log=self._log,
+            blobs=self.blobs,
+            call_blob=lambda peer, req: self.ledger_service.call(peer, self._blob_protocol, req),
+            corpus=lambda: self.corpus,
+            stop_event=self.stop_event,
+            config=self.config,
+        )
+        self.protocol = RoundProtocol(self.member, theta=bytes.fromhex(self._theta_hex))
+        self.sync = StateSync(self.member, Snapshot.of(0, self.theta, self.outer.buffer, ()), self._signers_of)
+        self.protocol.state = self.sync.certified.state
+        self.chains: ChainView | None = None  # the certified rounds our ledger proves (once the charter is here)
+        self.exchange: Exchange | None = None
         self.checkpoints = CheckpointServer(self.home / "checkpoints")
-        self._ckpt_parent: bytes | None = None  # lineage since the last checkpoint we recorded
-        self._ckpt_contributors: set[str] = set()
-        self._ckpt_samples = 0
-        self._fetching: threading.Thread | None = None
-        self._fetch_failed: dict[bytes, float] = {}
+        self.checkpoint_keeper = CheckpointKeeper(  # our checkpoints and their lineage; released ones we lack
+            folder=self.home / "checkpoints",
+            ledger=self.ledger,
+            member=self.member,
+            record=self._record,
+            log=self._log,
+            call_ckpt=lambda peer, req: self.ledger_service.call(peer, self._ckpt_protocol, req),
+            stop_event=self.stop_event,
+        )
 
     # --- lifecycle -------------------------------------------------------------------------------------------
     @property
@@ -170,6 +171,8 @@ class Peer:
             charter = o.charter or charter_from_toml(default_charter_text(), self.member)
             if o.charter is None:  # `koinon start` flags set the founding configuration
                 charter["training"] = training_body(self.config)
+                if o.min_contributors is not None:
+                    charter["rules"]["min_contributors"] = o.min_contributors
             self.ledger.found(
                 charter["name"] if o.charter else o.swarm,
                 training=charter["training"],
@@ -216,18 +219,19 @@ class Peer:
             state_compression=get_compression("none"),
             declare_state_period=5.0,
         )
-        self.averager.set_state_provider(self._serve_state)
-        self.announcer = Announcer(self.dht, o.swarm, self.member)
+        self.averager.set_state_provider(self.sync.serve)
+        self.announcer = Announcer(self.dht, o.swarm, self.member, sign=self.identity.sign, required="height")
+        self.exchange = Exchange(self.averager, self.announcer, self.member, o.matchmaking_time, o.averaging_timeout)
 
     @property
     def swarm_id(self) -> str | None:
         sid = self.ledger.store.swarm_id
         return sid.hex() if sid else None
 
-    def _record(self, kind: str, body: dict) -> None:
-        """Append to our ledger feed and push it out at once."""
+    def _record(self, kind: str, body: dict, cite: frozenset[str] = frozenset()) -> None:
+        """Append to our ledger feed (citing the heads of ``cite``) and push it out at once."""
         try:
-            self.ledger.append_own(kind, body)
+            self.ledger.append_own(kind, body, cite)
         except KoinonError as e:
             logger.warning("could not record %s on the ledger: %s", kind, e)
             return
@@ -257,6 +261,8 @@ class Peer:
                 genesis.config.config_hash()[:12],
             )
         self._use_governance(-1, genesis)
+        self.chains = ChainView(self.ledger)
+        self.protocol.electorate = self.chains.founders
         self._start_averager()
         self._record("join", {"maddrs": [str(m) for m in self.dht.get_visible_maddrs()][:16]})
 
@@ -281,26 +287,46 @@ class Peer:
         self.ledger.store.close()
         self.home_lock.release()
 
-    # --- governance --------------------------------------------------------------------------------------------
-    def _final_count(self) -> int:
-        """How many cuts are final in our ledger (the governance state after the last one is the newest)."""
-        return len(self.ledger.chain.final_cuts())
+    @property
+    def round(self) -> int:
+        """The height of the θ this peer holds: how many certified rounds it descends from."""
+        return self.protocol.height
+
+    @round.setter
+    def round(self, height: int) -> None:
+        self.protocol.height = height
+
+    # --- governance: the state the final ledger puts in force for a height ---------------------------------------
+    def _governance_for(self, height: int) -> None:
+        """Use the governance state in force for the round that makes θ_height; if our final ledger cannot tell
+        yet, wait a little for it (then use the best it knows: a mismatch only leaves us out of a group)."""
+        deadline = time.monotonic() + 2 * self.ledger.epoch_ms / 1000 + 1
+        while True:
+            index, settled = governance_in_force(self.chains.cut_heights(), height)
+            if settled or time.monotonic() > deadline or self.stop_event.is_set():
+                break
+            self.ledger_service.kick.set()
+            self.stop_event.wait(0.2)
+        if index != self.gov_index:
+            gov = self.ledger.chain.final_governance(index)
+            if gov is not None:
+                self._use_governance(index, gov)
 
     def _use_governance(self, index: int, gov) -> None:
         """Train from the next round under the governance state after final cut ``index`` (-1: the charter):
         its configuration, its excluded members, its data sources. Every member of a round's group calls this
-        with the same index (chosen from the round's all-gather), so all switch at the same round."""
+        with the same index (``rounds.governance_in_force``), so all switch at the same height."""
         self.gov_index, self.gov = index, gov
         if gov.config is not None and gov.config != self.config:
             if self.config_known and index >= 0:
                 logger.info(
-                    "governance (final cut %d): configuration %s in force from round %d",
+                    "governance (final cut %d): configuration %s in force from height %d",
                     index,
                     gov.config.config_hash()[:12],
                     self.round + 1,
                 )
             self.config = gov.config
-            self.known_configs[gov.config.config_hash()] = gov.config
+            self.verification.add_config(gov.config)
             self.inner.set_config(gov.config)
             self.outer.set_hyperparameters(gov.config.outer_lr, gov.config.outer_momentum)
         self.config_known = True
@@ -317,55 +343,25 @@ class Peer:
                 "governance: none of this peer's data sources is allowed in this swarm; contributing nothing"
             )
 
-    def _governance_after_round(self, gathered: dict[str, dict]) -> None:
-        """After round r's all-gather, every member of the group computes the same final cut count: the lower
-        median of the counts the canonical members reported, never below the one in force. That state takes
-        effect from round r + 2, one round later, so a member whose ledger is a little behind has a whole round
-        to fetch the cuts before it needs them. (The count agreed in round r - 1 takes effect now.)"""
-        pending, self.pending_gov = self.pending_gov, None
-        if pending is not None:
-            self._switch_governance(pending)
-        key = canonical_key(gathered)
-        members = [
-            v for v in gathered.values() if key is None or (v.get("state"), v.get("round"), v.get("config")) == key
-        ]
-        in_force = max((int(v["g"]) for v in members if isinstance(v.get("g"), int)), default=0)
-        seen = sorted(int(v["gov"]) for v in members if isinstance(v.get("gov"), int))
-        count = max(in_force, seen[(len(seen) - 1) // 2] if seen else 0)
-        if count > self.gov_index + 1:
-            self.pending_gov = count
-
-    def _switch_governance(self, count: int, timeout: float = 10.0) -> bool:
-        """Use the governance state after the first ``count`` final cuts (waiting a little for our ledger)."""
-        if count <= self.gov_index + 1:
-            return True
-        deadline = time.monotonic() + timeout
-        while self._final_count() < count and time.monotonic() < deadline and not self.stop_event.is_set():
-            self.ledger_service.kick.set()  # the others have it final: fetch their cuts
-            time.sleep(0.1)
-        gov = self.ledger.chain.final_governance(count - 1)
-        if gov is None:
-            logger.warning("round %d: our ledger lacks final cut %d that the group agreed on", self.round, count - 1)
-            return False
-        self._use_governance(count - 1, gov)
-        return True
-
-    def _gather(self, samples: int, pre_state: str) -> dict:
-        gov = self.gov
-        return dict(
+    def _gather(self, weight: int) -> dict:
+        p, gov = self.protocol, self.gov
+        fields = dict(
             member=self.member,
-            round=self.round,
-            state=pre_state,
-            samples=samples,
+            swarm=self.prefix,
+            attempt=p.attempt,
+            height=p.height,
+            state=p.state,
+            electorate=sorted(p.electorate),
+            k=self.chains.k if self.chains is not None else 1,
             config=self.config.config_hash(),
+            gov=self.gov_index + 1,
+            excluded=sorted(gov.excluded()) if gov is not None else [],
             compression=self.config.compression,
             reducer=self.config.reducer,
-            excluded=gov.excluded() if gov is not None else [],
-            gov=self._final_count(),
-            g=self.gov_index + 1,
+            samples=weight,
         )
+        return sign_gather(fields, self.identity.sign)
 
-    # --- DHT announcements -------------------------------------------------------------------------------------
     def _announce(self, **info: object) -> None:
         if self.announcer is not None:
             self.announcer.announce(**info)
@@ -373,153 +369,38 @@ class Peer:
     def live_peers(self) -> dict[str, dict]:
         return self.announcer.live_peers() if self.announcer is not None else {}
 
-    # --- state sharing -----------------------------------------------------------------------------------------
-    def _serve_state(self) -> tuple[dict, list[torch.Tensor]]:
-        with self._lock:
-            theta, momentum, r, g = self.theta.clone(), self.outer.buffer.clone(), self.round, self.gov_index
-            pending = self.pending_gov
-        meta = dict(
-            pending=pending,
-            round=r,
-            theta=theta_hash(theta),
-            state=state_hash(r, theta, momentum),
-            config=self.config.config_hash(),
-            gov=g,
-        )
-        return meta, [theta, momentum]
-
-    def _adopt_state(self, peer: str, min_round: int, timeout: float = 15.0) -> bool:
-        """Download (round, θ, momentum) from ``peer`` once it has reached ``min_round``; verify, then adopt."""
-        from hivemind.p2p import PeerID
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not self.stop_event.is_set():
-            got = self.averager.download_state(PeerID.from_base58(peer), timeout=10.0)
-            if got is not None:
-                meta, tensors = got
-                if meta.get("round", -1) >= min_round and len(tensors) == 2:
-                    theta, momentum = (t.to(torch.float32).reshape(-1) for t in tensors)
-                    if theta.shape != self.theta.shape or momentum.shape != self.theta.shape:
-                        raise HashMismatch(f"peer {short_id(peer)} sent a state of the wrong shape")
-                    if theta_hash(theta) != meta.get("theta"):
-                        raise HashMismatch(f"state from {short_id(peer)} does not match the hash it announced")
-                    self._follow_governance_of(peer, meta)
-                    with self._lock:
-                        self.theta.copy_(theta)
-                        self.outer.buffer = momentum.clone()
-                        self.round = int(meta["round"])
-                        self._theta_hex = theta_hash(self.theta)
-                    self.rounds_synced_from_peers += 1
-                    return True
-            time.sleep(0.3)
-        return False
-
-    def _follow_governance_of(self, peer: str, meta: dict) -> None:
-        """Adopting a peer's state means adopting the governance state it trains under (final cut ``gov``) and
-        the one its group agreed on for the round after next (``pending``)."""
-        g = meta.get("gov")
-        if isinstance(g, int) and g > self.gov_index:
-            self._switch_governance(g + 1)
-        pending = meta.get("pending")
-        self.pending_gov = pending if isinstance(pending, int) and pending > self.gov_index + 1 else None
-        if meta.get("config") != self.config.config_hash():
-            raise HashMismatch(
-                f"state from {short_id(peer)} was trained under configuration {str(meta.get('config'))[:12]}, "
-                f"which our ledger does not (yet) have in force"
-            )
-
-    def _sync_from_best(self, exclude_round_below: int = 0) -> bool:
-        peers = {m: v for m, v in self.live_peers().items() if m != self.member}
-        for m, v in sorted(peers.items(), key=lambda kv: -int(kv[1].get("done", -1))):
-            if int(v.get("done", -1)) >= max(exclude_round_below, self.round + 1 if self.round else 0):
-                try:
-                    if self._adopt_state(m, min_round=int(v["done"]), timeout=10.0):
-                        return True
-                except HashMismatch as e:
-                    logger.warning("%s", e)
-        return False
-
     # --- the round loop -----------------------------------------------------------------------------------------
-    def join(self) -> bool:
-        """Before the first round: wait for the expected peers, then load the swarm's state if it has one.
-        Returns True when this peer joined a running swarm (its first round then contributes nothing)."""
-        o = self.options
+    def join(self) -> None:
+        """Before the first round: wait for the expected peers, then sync to the certified head if there is one."""
         self._join_ledger()
-        deadline = time.monotonic() + o.wait_timeout
-        self._announce(round=0, done=0, eta=0.0, state="")
+        deadline = time.monotonic() + self.options.wait_timeout
+        self._announce(height=1, eta=0.0)
         while time.monotonic() < deadline and not self.stop_event.is_set():
-            peers = self.live_peers()
-            if any(int(v.get("done", 0)) > 0 for m, v in peers.items() if m != self.member):
-                break
-            if len(peers) >= o.wait_for_peers:
+            if len(self.live_peers()) >= self.options.wait_for_peers or self.chains.live().height > 0:
                 break
             time.sleep(0.5)
-        if any(int(v.get("done", 0)) > 0 for m, v in self.live_peers().items() if m != self.member):
-            if self._sync_from_best():
-                self._log(event="joined", round=self.round, theta=theta_hash(self.theta))
-                return True
-        return False
+        self._resolve(timeout=self.options.wait_timeout)
+        if self.round > 0:
+            self._log(event="joined", round=self.round, theta=self._theta_hex)
 
     def run(self) -> None:
-        late = self.join()
-        self._log(event="start", member=self.member, late=late, eval_loss=self.evaluate(), theta=theta_hash(self.theta))
-        while not self.stop_event.is_set():
-            if self.options.max_rounds is not None and self.round >= self.options.max_rounds:
-                break
-            if self._stop_after() is not None and self.round >= self._stop_after():
-                break
-            if late:
-                self._catch_up()
-            self.run_round(contribute=not late)
-            late = False
+        self.join()
+        late = self.round > 0
+        self._log(event="start", member=self.member, late=late, eval_loss=self.evaluate(), theta=self._theta_hex)
+        while not self.stop_event.is_set() and not self._stop_now():
+            self.attempt()
         if not self.stop_event.is_set():
-            self._settle()
+            self._resolve(timeout=30.0)  # end on a certified θ (the last round's certificate, or the swarm's)
+        self.protocol.finish()
+        self._log(event="goodput", height=self.round, goodput=self.protocol.goodput, **self.protocol.stats)
         self.save_checkpoint()
 
-    def _settle(self, timeout: float = 30.0) -> None:
-        """Before a planned stop (``--rounds``, ``STOP_AFTER``): the last round has no next all-gather to reveal a
-        split, so compare our θ with what the other peers announced for the same round and adopt the majority's."""
-        deadline = time.monotonic() + min(timeout, 3 * self.config.inner_steps * self.step_time + 5)
-        votes: dict[str, list[str]] = {}
-        while time.monotonic() < deadline:
-            peers = {m: v for m, v in self.live_peers().items() if m != self.member}
-            busy = [
-                v
-                for v in peers.values()
-                if int(v.get("done", -1)) < self.round and int(v.get("round", -1)) >= self.round
-            ]
-            votes = {}
-            for m, v in peers.items():
-                if int(v.get("done", -1)) == self.round and v.get("theta"):
-                    votes.setdefault(str(v["theta"]), []).append(m)
-            if not busy:
-                break
-            time.sleep(0.5)
-        mine = theta_hash(self.theta)
-        votes.setdefault(mine, []).append(self.member)
-        best = min(votes, key=lambda t: (-len(votes[t]), t))
-        if best != mine:
-            logger.info("round %d: the other peers ended with another θ; adopting theirs", self.round)
-            for donor in votes[best]:
-                if self._adopt_state(donor, min_round=self.round, timeout=10.0):
-                    # the round's record again, with the θ we end on (readers keep a round's last record)
-                    last = dict(self._last_round_record, event="round", round=self.round, resynced=True)
-                    last.update(
-                        theta=theta_hash(self.theta), eval_loss=self.evaluate(), in_sync=False, time=time.time()
-                    )
-                    self._log(**last)
-                    break
-
-    def _catch_up(self, attempts: int = 3) -> None:
-        """A joiner's downloaded state may be a round old by the time it is ready: fetch again while others are
-        ahead, so that its first round is the one they are in."""
-        for _ in range(attempts):
-            ahead = max((int(v.get("done", 0)) for m, v in self.live_peers().items() if m != self.member), default=0)
-            if ahead <= self.round or not self._sync_from_best():
-                return
+    def _stop_now(self) -> bool:
+        limits = [self.options.max_rounds, self._stop_after()]
+        return any(limit is not None and self.round >= limit for limit in limits)
 
     def _stop_after(self) -> int | None:
-        """A round number written to ``$HOME/STOP_AFTER`` (by ``koinon demo``) ends the run after that round."""
+        """A height written to ``$HOME/STOP_AFTER`` (by ``koinon demo``) ends the run once it is reached."""
         try:
             return int((self.home / "STOP_AFTER").read_text())
         except (OSError, ValueError):
@@ -528,447 +409,251 @@ class Peer:
     def evaluate(self) -> float:
         return self.inner.evaluate(self.theta, self.eval_set)
 
-    def run_round(self, contribute: bool = True) -> None:
-        c = self.config
-        r = self.round + 1
-        self._fetch_releases()
-        self._round_gov = self.gov_index if self.gov_index >= 0 else None
-        pre_state = state_hash(self.round, self.theta, self.outer.buffer)
+    def attempt(self) -> None:
+        p, c = self.protocol, self.config
+        p.attempt += 1
+        self._governance_for(p.height + 1)
+        self.checkpoint_keeper.fetch_releases(self.gov, self.chains.live().produced)
         started = time.time()
-        self._announce(
-            round=r,
-            done=self.round,
-            eta=started + (c.inner_steps * self.step_time if contribute else 0),
-            state=pre_state,
-            theta=theta_hash(self.theta),
-        )
-        loss, samples = float("nan"), 0
-        delta = torch.zeros_like(self.theta)
-        if self.gov is not None and self.member in self.gov.excluded():
-            if contribute:
-                logger.warning(
-                    "round %d: this member is excluded (expelled, or serving a penalty); contributing nothing", r
-                )
-            contribute = False
-        if not self.data_paths:
-            contribute = False
-        if contribute:
-            blocks = self.corpus.shard(self.member, r, self.last_group)
-            seed = f"{self.member}|{r}".encode()
-            batches = self.corpus.batches(blocks, seed, c.inner_steps, c.batch_size, c.seq_len)
-            t0 = time.time()
-            step0, bounds = self.inner.steps_done, c.segment_bounds()
-            if self.options.attack == "freeride":  # no work at all; a made-up trace (swarm/attacks.py)
-                delta, loss, samples, trace = (
-                    torch.zeros_like(self.theta),
-                    float("nan"),
-                    c.inner_steps * c.batch_size,
-                    [],
-                )
-            else:
-                delta, loss, samples, trace = self.inner.run_round(self.theta, self._until_stopped(batches), bounds)
-            if self.stop_event.is_set():
-                return  # leaving: an unfinished round is neither averaged nor recorded
-            if self.options.attack is not None:  # a testing tool: Byzantine on purpose, samples still reported
-                delta = apply_attack(self.options.attack, delta, AttackContext(self.member, r, self.last_average))
-                if self.options.attack == "freeride":
-                    trace = made_up_trace(self.theta, self.inner.moments(), bounds, delta)
-            self._commit(r, blocks, step0, samples, trace, delta)
-            # the commitment's hashing is part of a round's time as the others see it (the next ETA)
-            self.step_time = 0.5 * self.step_time + 0.5 * (time.time() - t0) / c.inner_steps
-            if not torch.isfinite(delta).all() and self.options.attack is None:
-                logger.warning("round %d: our pseudo-gradient is not finite; contributing nothing", r)
-                delta, samples = torch.zeros_like(delta), 0
-        self.tokens += samples * c.seq_len
-
-        gathered = self._average(r, delta, samples, pre_state)
+        self._announce(height=p.height + 1, eta=started + c.inner_steps * self.step_time, state=p.state)
+        delta, loss, samples = self._train(p.attempt)
+        if self.stop_event.is_set():
+            return  # leaving: an unfinished round is neither averaged nor recorded
+        p.trained(samples, delta)
+        self._catch_up_hint()
+        if not self._resolve(timeout=p.cert_timeout + 30):
+            return self._log(event="round_failed", round=p.height + 1, attempted=p.attempt, reason="no certified state")
+        self._governance_for(p.height + 1)  # a sync or revert may have moved us
+        keep, weight = p.contribution()
+        contribution = _combine(keep, self.theta)
+        if p.in_flight is not None:
+            p.in_flight.ref = contribution
+        round_s = c.inner_steps * self.step_time
+        gathered = self.exchange.run(p.height + 1, contribution, weight, self._gather(weight), round_s, self.stop_event)
         if self.stop_event.is_set():
             return
-        round_config = self.config  # the configuration this round trained under (a decision applies from the next)
-        resynced = False
-        if gathered is None:
-            # no group at all (or every attempt failed): catch up from the most advanced live peer
-            resynced = self._sync_from_best(exclude_round_below=r)
-            if not resynced:
-                # nobody finished round r either: θ stays as it was and the next round tries again
-                self._log(event="round_failed", round=r, seconds=round(time.time() - started, 3))
-                self.last_group = [self.member]  # whoever we expected is gone: next round may run alone
-                logger.info("round %d: no group and nobody ahead of us; trying again next round", r)
-                return None
+        decision = group_decision(gathered) if gathered else None
+        outcome = p.after_group(decision)
+        if outcome.apply:
+            self._apply(decision, gathered, loss, started, outcome.record)
         else:
-            with self.averager.get_tensors() as (buffer,):
-                avg = buffer.clone()
-            canonical_state, canonical_round, canonical_config = canonical_key(gathered) or (pre_state, self.round, "")
-            decision = group_decision(gathered)
-            in_sync = pre_state == canonical_state and canonical_config in ("", self.config.config_hash())
-            with self._lock:
-                self.outer.step(self.theta, avg)
-                self.round = r
-            if self.options.attack is not None:
-                self.last_average = avg
-            self.last_group = sorted(gathered)
-            self.last_contributors = sorted(decision.contributors) if decision is not None else sorted(gathered)
-            if not in_sync:
-                donors = [m for m, v in gathered.items() if v["state"] == canonical_state and m != self.member]
-                logger.info("round %d: our state was not the group's; syncing from %s", r, short_id(donors[0]))
-                for donor in donors:
-                    if self._adopt_state(donor, min_round=canonical_round + 1):
-                        resynced = True
-                        break
-            self._governance_after_round(gathered)
-            return self._finish_round(
-                r,
-                loss,
-                gathered,
-                started,
-                group=self.last_group,
-                in_sync=in_sync,
-                resynced=resynced,
-                config=round_config,
-            )
-        return self._finish_round(
-            r, loss, None, started, group=[], in_sync=False, resynced=resynced, config=round_config
-        )
+            logger.info("height %d, attempt %d: %s; our work stays pending", p.height + 1, p.attempt, outcome.reason)
+            self._log(event="round_failed", round=p.height + 1, attempted=p.attempt, reason=outcome.reason)
+        # checks go here, while our announcement still says we are finishing this height: peers starting the next
+        # one count us as "behind" and wait for us, and the ETA below includes the time the checks took
+        self.verification.verify_pending()
+        self._announce(height=p.height + 1, eta=time.time() + c.inner_steps * self.step_time, state=p.state)
 
-    # --- verification (koinon.verification; docs/verification.md) ----------------------------------------------
-    def _commit(self, r: int, blocks: list[int], step0: int, samples: int, trace, delta: torch.Tensor) -> None:
-        """Before averaging: keep the round's trace states (to serve them) and sign a commitment to them."""
-        if not trace or samples == 0:
-            return
-        hashes = self.blobs.add_round(r, trace)
-        body = commitment(
-            member=self.member,
-            round_no=r,
+    def _train(self, r: int) -> tuple[torch.Tensor, float, int]:
+        """H inner steps from θ on this attempt's shard, committed on the ledger: (Δ, mean loss, samples)."""
+        c, nothing = self.config, (torch.zeros_like(self.theta), float("nan"), 0)
+        if self.gov is not None and self.member in self.gov.excluded():
+            logger.warning(
+                "attempt %d: this member is excluded (expelled, or serving a penalty); contributing nothing", r
+            )
+            return nothing
+        if not self.data_paths:
+            return nothing
+        blocks = self.corpus.shard(self.member, r, self.exchange.last_group)
+        batches = self.corpus.batches(blocks, f"{self.member}|{r}".encode(), c.inner_steps, c.batch_size, c.seq_len)
+        t0 = time.time()
+        step0, bounds = self.inner.steps_done, c.segment_bounds()
+        if self.options.attack == "freeride":  # no work at all; a made-up trace (swarm/attacks.py)
+            delta, loss, samples, trace = torch.zeros_like(self.theta), float("nan"), c.inner_steps * c.batch_size, []
+        else:
+            delta, loss, samples, trace = self.inner.run_round(self.theta, self._until_stopped(batches), bounds)
+        if self.stop_event.is_set():
+            return nothing
+        if self.options.attack is not None:  # a testing tool: Byzantine on purpose, samples still reported
+            delta = apply_attack(self.options.attack, delta, AttackContext(self.member, r, self.last_average))
+            if self.options.attack == "freeride":
+                trace = made_up_trace(self.theta, self.inner.moments(), bounds, delta)
+        group = self.exchange.last_group
+        self.verification.commit(
+            r,
             theta=self.theta,
-            config=self.config,
-            data=self.corpus.source_ids,
-            group=self.last_group,
-            shards=blocks,
+            config=c,
+            group=group,
+            blocks=blocks,
             step0=step0,
             samples=samples,
-            trace=hashes,
+            trace=trace,
             delta=delta,
         )
-        self._record("commit", body)
-
-    def _verify_pending(self, budget: int = 2) -> None:
-        """Answer up to ``budget`` of the checks the final ledger assigns to us (as verifier or referee). Called
-        after a round, before we announce the next one: meanwhile the others see us finishing the round and wait
-        for us, and the ETA we then announce starts after the checks, so they never make us late for an all-reduce
-        the others scheduled."""
-        try:
-            with self.ledger._lock:  # the ledger thread extends the chain meanwhile
-                gov = self.ledger.chain.final_governance()
-        except Exception as e:
-            logger.warning("verification: %r", e)
-            return
-        if gov is None:
-            return
-        for check in gov.trust.tasks_for(self.member):
-            if budget <= 0 or self.stop_event.is_set():
-                return
-            tries = self._answered.get(check.commit, 0)
-            if tries < 0:
-                continue
-            budget -= 1
-            try:
-                self._answer(check)
-            except Exception as e:  # a bug here must not stop the peer, nor block the checks behind this one
-                logger.warning("verification of %s: %r", check.commit.hex()[:12], e)
-                self._answered[check.commit] = -1 if tries + 1 >= 3 else tries + 1
-
-    def _answer(self, check) -> None:
-        event = self.ledger.store.get(check.commit)
-        if event is None:
-            return
-        body = event.body
-        config = self.known_configs.get(body["config"].hex())
-        outcome: Outcome | None = None
-        if config is not None:
-            if self._verify_trainer is None or self._verify_trainer.config != config:
-                self._verify_trainer = InnerTrainer(build_model(config), config)
-            sources = [check.author] + ([check.accuser] if check.accuser else [])
-            outcome = verify_commit(
-                body,
-                check.author,
-                check.segment,
-                fetch=lambda key: self._fetch(key, sources),
-                corpus=self.corpus,
-                config=config,
-                trainer_factory=lambda cfg: self._verify_trainer,
-            )
-        if outcome is None:
-            tries = self._answered.get(check.commit, 0) + 1
-            self._answered[check.commit] = -1 if tries >= 10 else tries
-            return
-        self._answered[check.commit] = -1
-        if not outcome.ok:
-            for blob in outcome.evidence:
-                self.blobs.pin(blob)  # so the referees can fetch the evidence from us as well
-        role = "verifier" if check.verifier == self.member else "referee"
-        (logger.info if outcome.ok else logger.warning)(
-            "round %d: as %s of %s's commitment: %s", body["round"], role, short_id(check.author), outcome.reason
-        )
-        self._record(
-            "verdict", {"commit": check.commit, "ok": outcome.ok, "error": outcome.error_ppm, "got": outcome.got}
-        )
-        self._log(
-            event="verdict",
-            round=body["round"],
-            author=check.author,
-            role=role,
-            ok=outcome.ok,
-            error_ppm=outcome.error_ppm,
-            reason=outcome.reason,
-        )
-
-    def _fetch(self, key: bytes, sources: list[str]) -> bytes:
-        local = self.blobs.get(key)
-        if local is not None:
-            return local
-        last: Exception | None = None
-        for peer in sources:
-            if peer == self.member:
-                continue
-            try:
-                return fetch_blob(lambda req, p=peer: self.ledger_service.call(p, self._blob_protocol, req), key)
-            except Exception as e:
-                last = e
-        raise LookupError(f"no source served blob {key.hex()[:12]}: {last!r}")
+        # the commitment's hashing is part of a round's time as the others see it (the next ETA)
+        self.step_time = 0.5 * self.step_time + 0.5 * (time.time() - t0) / c.inner_steps
+        if not torch.isfinite(delta).all() and self.options.attack is None:
+            logger.warning("attempt %d: our pseudo-gradient is not finite; contributing nothing", r)
+            return nothing
+        self.tokens += samples * c.seq_len
+        return delta, loss, samples
 
     def _until_stopped(self, batches):
+        last = time.monotonic()
         for batch in batches:
+            if self.options.slowdown > 1:  # --slowdown: a slower machine, for the benchmarks
+                time.sleep((self.options.slowdown - 1) * (time.monotonic() - last))
             if self.stop_event.is_set():
                 return
+            last = time.monotonic()
             yield batch
 
-    def _average(self, r: int, delta: torch.Tensor, samples: int, pre_state: str) -> dict[str, dict] | None:
-        from hivemind.utils import get_dht_time
+    def _resolve(self, timeout: float) -> bool:
+        """Act on ``RoundProtocol.before_gather`` (wait, revert, sync) until it says go; False if it never did."""
+        deadline = time.monotonic() + timeout
+        while not self.stop_event.is_set() and time.monotonic() < deadline:
+            optimistic = self.protocol.optimistic_since is not None
+            chain = self.chains.live()
+            action = self.protocol.before_gather(chain, time.monotonic())
+            if optimistic and self.protocol.optimistic_since is None:  # our last result was just certified
+                self._keep_certified(chain.certificate(self.round).signers)
+            if action.kind == "go":
+                return True
+            if action.kind == "wait":
+                self.ledger_service.kick.set()
+                self.stop_event.wait(0.2)
+            elif action.kind == "revert":
+                s = self.sync.certified
+                logger.warning("%s: back to certified height %d", action.reason, s.height)
+                self._adopt(s)
+                electorate = chain.electorate(s.height + 1) if s.height <= chain.height else s.electorate
+                self.protocol.reverted(s.height, s.state, bytes.fromhex(self._theta_hex), electorate)
+            elif action.kind == "sync":
+                logger.info("%s: syncing from its signers", action.reason)
+                download = lambda m: self.averager.download_state(_peer_id(m), timeout=10.0)  # noqa: E731
+                got = self.sync.fetch(action.cert, download, self.theta.numel(), self.stop_event, self._certificate)
+                if got is None:
+                    logger.info("height %d: no signer served its certified state; trying later", action.cert.height)
+                    return False
+                snapshot, cert = got
+                self._adopt(snapshot)
+                self.protocol.synced(cert, self.chains.live())
+                self.sync.keep(snapshot)
+                self._log_round(loss=float("nan"), started=time.time(), group=[], contributors=[], resynced=True)
+        return False
 
-        o = self.options
-        companions = [m for m in self.last_group if m != self.member]
-        for _attempt in range(3):
-            peers = self.live_peers()
-            others = {m: v for m, v in peers.items() if m != self.member}
-            same_round = [v for v in others.values() if int(v.get("round", -1)) == r]
-            # peers still finishing round r-1 will be here soon: wait for them too (a stale record of a dead peer
-            # costs at most one such wait per round until its announcement expires)
-            behind = [v for v in others.values() if int(v.get("round", -1)) == r - 1]
-            if same_round or behind or not companions:
+    def _signers_of(self, height: int, state: str) -> frozenset[str] | None:
+        """Who signed the certificate of ``state`` at ``height`` on our ledger (None: not certified)."""
+        if self.chains is None:
+            return None
+        cert = self.chains.live().certificate(height)
+        return cert.signers if cert is not None and cert.state.hex() == state else None
+
+    def _catch_up_hint(self) -> None:
+        """Peers announcing a later height (a hint) mean our ledger lags: give it a moment to show their certificate
+        before we gather, rather than meeting them with a stale state and averaging for nothing."""
+        ahead = [v["height"] for m, v in self.live_peers().items() if m != self.member and "height" in v]
+        if ahead and max(ahead) > self.round + 1:
+            self._certificate(min(max(ahead) - 1, self.round + 1))
+
+    def _certificate(self, height: int, wait: float = 3.0) -> Certificate | None:
+        """Height ``height``'s certificate on our ledger, waiting up to ``wait`` s for the events to arrive."""
+        deadline = time.monotonic() + wait
+        while (cert := self.chains.live().certificate(height)) is None and time.monotonic() < deadline:
+            self.ledger_service.kick.set()
+            if self.stop_event.wait(0.2):
                 break
-            # last round's group is nowhere to be seen: a DHT lookup can fail under load, so look again before
-            # concluding we are alone (going solo by mistake would split the swarm's θ)
-            time.sleep(0.5)
-        else:
-            # still nobody: expect last round's companions anyway; if they really left, matchmaking fails within
-            # the deadline and we catch up from whoever is ahead (a failed round is safe, a wrong solo round is not)
-            behind = [{"member": m} for m in companions]
-        gather = self._gather(samples, pre_state)
-        if not same_round and not behind:
-            if samples == 0:
-                return None  # nothing of ours to apply alone (a late joiner's first round): catch up instead
-            # alone in this round: the "average" is our own Δ as it would come back from the wire
-            with self.averager.get_tensors() as (buffer,):
-                buffer.copy_(roundtrip(delta, get_compression(self.config.compression)))
-            return {self.member: gather}
-        with self.averager.get_tensors() as (buffer,):
-            buffer.copy_(delta)
-        self.averager.configure_matchmaking(min_group_size=2, target_group_size=len(same_round) + len(behind) + 1)
-        now = get_dht_time()
-        etas = [float(v.get("eta", 0.0)) for v in same_round]
-        if behind:
-            etas.append(now + self.config.inner_steps * self.step_time + 1.0)
-        scheduled = min(max([now, *etas]), now + o.averaging_timeout) + 0.25
-        logger.debug(
-            "round %d: %d live peers, %d in this round, %d finishing the last; all-reduce scheduled in %.2f s",
-            r,
-            len(peers),
-            len(same_round),
-            len(behind),
-            scheduled - now,
-        )
-        try:
-            control = self.averager.step(
-                gather=gather,
-                weight=float(samples),
-                scheduled_time=scheduled,
-                timeout=scheduled - now + o.matchmaking_time + o.averaging_timeout,
-                wait=False,
-            )
-            while not control.done():
-                if self.stop_event.wait(0.1):
-                    control.cancel()
-                    return None
-            result = control.result()
-        except Exception as e:
-            logger.info("round %d: averaging failed: %r", r, e)
-            return None
-        if not result:
-            return None
-        gathered: dict[str, dict] = {}
-        for peer_id, info in result.items():
-            if isinstance(info, dict) and set(GATHER_KEYS) <= set(info):
-                gathered[peer_id.to_base58()] = info
-        if self.member not in gathered:
-            return None
-        return gathered
+        return cert
 
-    def _finish_round(self, r, loss, gathered, started, group, in_sync, resynced, config) -> None:
-        eval_loss = self.evaluate()
-        theta = theta_hash(self.theta)
+    def _adopt(self, s: Snapshot) -> None:
+        with self._lock:
+            self.theta.copy_(s.theta)
+            self.outer.buffer = s.momentum.clone()
+        self._theta_hex = theta_hash(self.theta)
+
+    def _keep_certified(self, signers: frozenset[str]) -> None:
+        with self._lock:
+            snapshot = Snapshot.of(self.round, self.theta, self.outer.buffer, self.protocol.electorate, signers)
+        self.sync.keep(snapshot)
+        if self.options.checkpoint_every and self.round % self.options.checkpoint_every == 0:
+            self.save_checkpoint()
+
+    def _apply(self, decision: GroupDecision, gathered: dict, loss: float, started: float, record: bool) -> None:
+        """The group is a candidate and we hold its key: the outer step on the identical average → θ_{h+1}."""
+        with self.averager.get_tensors() as (buffer,):
+            avg = buffer.clone()
+        prev = self._theta_hex
+        with self._lock:
+            self.outer.step(self.theta, avg)
+            state = state_hash(decision.height + 1, self.theta, self.outer.buffer)
+        self._theta_hex = theta_hash(self.theta)
+        if self.options.attack is not None:
+            self.last_average = avg
+        contributors = sorted(decision.contributors)
+        samples = sum(int(gathered[m]["samples"]) for m in contributors)  # type: ignore[index]
+        self.protocol.applied(
+            decision.height + 1, state, bytes.fromhex(self._theta_hex), contributors, time.monotonic(), record
+        )
+        with self._lock:
+            self.sync.hold(Snapshot.of(self.round, self.theta, self.outer.buffer, contributors))
+        self.checkpoint_keeper.note_round(contributors, samples)
         sent = int(self.averager.bytes_sent.value)
-        samples = sum(int(v["samples"]) for m, v in (gathered or {}).items() if m in set(self.last_contributors))
-        if gathered:
-            self._ckpt_contributors |= set(self.last_contributors)
-            self._ckpt_samples += samples
-        self._record(
-            "round",
-            {
-                "round": self.round,
-                "theta": bytes.fromhex(theta),
-                "prev_theta": bytes.fromhex(self._theta_hex),
-                "participants": sorted(group),
-                "samples": samples,
-                "bytes": sent - self._bytes_recorded,
-                "config": bytes.fromhex(config.config_hash()),
-                "gov": self._round_gov,
-            },
-        )
-        self._theta_hex, self._bytes_recorded = theta, sent
-        # checks go here, while our announcement still says we are finishing this round: peers starting the next
-        # one count us as "behind" and wait for us, and the ETA below includes the time the checks took
-        self._verify_pending()
-        self._announce(
-            round=self.round + 1,
-            done=self.round,
-            eta=time.time() + self.config.inner_steps * self.step_time,
-            theta=theta,
-            state=state_hash(self.round, self.theta, self.outer.buffer),
-        )
+        if record:
+            self._record(
+                "round",
+                {
+                    "round": self.protocol.attempt,
+                    "height": self.round,
+                    "theta": bytes.fromhex(self._theta_hex),
+                    "prev_theta": bytes.fromhex(prev),
+                    "state": bytes.fromhex(state),
+                    "participants": contributors,
+                    "samples": samples,
+                    "bytes": sent - self._bytes_recorded,
+                    "config": bytes.fromhex(self.config.config_hash()),
+                    "gov": self.gov_index if self.gov_index >= 0 else None,
+                },
+                cite=self.sync.certified.signers,  # their round events must precede ours in every order
+            )
+            self._bytes_recorded = sent
+        self._log_round(loss, started, sorted(gathered), contributors, resynced=False)
+
+    def _log_round(
+        self, loss: float, started: float, group: list[str], contributors: list[str], resynced: bool
+    ) -> None:
         self._log(
             event="round",
             round=self.round,
-            attempted=r,
+            attempted=self.protocol.attempt,
             loss=loss,
-            eval_loss=eval_loss,
-            theta=theta,
+            eval_loss=self.evaluate(),
+            theta=self._theta_hex,
             group=group,
-            contributors=self.last_contributors if gathered else [],
+            contributors=contributors,
             peers=len(group),
-            config=config.config_hash(),
-            inner_steps=config.inner_steps,
-            gov=self._round_gov,
-            in_sync=in_sync,
+            config=self.config.config_hash(),
+            inner_steps=self.config.inner_steps,
+            gov=self.gov_index if self.gov_index >= 0 else None,
+            in_sync=not resynced,
             resynced=resynced,
             tokens=self.tokens,
             bytes_sent=int(self.averager.bytes_sent.value),
             rejected=int(self.averager.rejected.value),
             seconds=round(time.time() - started, 3),
+            **{k: int(v) for k, v in self.protocol.stats.items()},
         )
-        if self.options.checkpoint_every and self.round % self.options.checkpoint_every == 0:
-            self.save_checkpoint()
 
     def save_checkpoint(self) -> Path:
-        with self._lock:
-            theta, r = self.theta.clone(), self.round
-        path = save_checkpoint(self.home / "checkpoints", self.model, theta, r, self.config)
-        self._log(event="checkpoint", round=r, path=str(path), theta=theta_hash(theta))
-        if r > 0 and self.ledger.store.swarm_id is not None:
-            content = content_of(theta)
-            manifest = make_manifest(content, r, self.config)
-            self._record(
-                "checkpoint",
-                {
-                    "theta": manifest["theta"],
-                    "round": r,
-                    "parent": self._ckpt_parent,
-                    "config": bytes.fromhex(self.config.config_hash()),
-                    "gov": self.gov_index if self.gov_index >= 0 else None,
-                    "contributors": sorted(self._ckpt_contributors)[:4096],
-                    "data": [bytes.fromhex(d) for d in self.corpus.source_ids][:64],
-                    "samples": self._ckpt_samples,
-                    "manifest": manifest_id(manifest),
-                    "size": len(content),
-                },
-            )
-            self._ckpt_parent, self._ckpt_contributors, self._ckpt_samples = manifest["theta"], set(), 0
-        return path
-
-    # --- releases: fetch the checkpoints governance released that we lack (docs/models.md) -------------------------
-    def _fetch_releases(self) -> None:
-        """Start fetching (in the background, one at a time) a released checkpoint this peer does not hold, in
-        chunks from the members that recorded it."""
-        if self._fetching is not None and self._fetching.is_alive():
-            return
-        gov = self.gov
-        if gov is None or not gov.releases:
-            return
-        folder = self.home / "checkpoints"
-        for tag, release in sorted(gov.releases.items()):
-            theta = bytes.fromhex(release["checkpoint"])
-            if (folder / f"{theta.hex()[:16]}.safetensors").exists():
-                continue
-            if time.monotonic() - self._fetch_failed.get(theta, -1e9) < 60:
-                continue
-            self._fetching = threading.Thread(
-                target=self._fetch_one, args=(tag, theta), daemon=True, name="koinon-fetch"
-            )
-            self._fetching.start()
-            return
-
-    def _fetch_one(self, tag: str, theta: bytes) -> None:
-        holders: set[str] = set()
-        claims: dict[tuple[bytes, int], int] = {}  # (manifest id, size) → how many members recorded it
-        for e in self.ledger.store.iter_events(kind="checkpoint"):
-            if e.body["theta"] == theta and e.author != self.member:
-                holders.add(e.author)
-                key = (e.body["manifest"], e.body["size"])
-                claims[key] = claims.get(key, 0) + 1
-        sources = {h: (lambda req, h=h: self.ledger_service.call(h, self._ckpt_protocol, req)) for h in sorted(holders)}
-        folder = self.home / "checkpoints"
-        try:
-            if not sources:
-                raise FetchError("no member recorded this checkpoint on the ledger")
-            last: Exception | None = None
-            for manifest_hash, size in sorted(claims, key=lambda k: (-claims[k], k)):  # most recorded first
-                try:
-                    content, manifest, report = fetch_checkpoint(
-                        theta,
-                        sources,
-                        folder / "partial",
-                        manifest_hash=manifest_hash,
-                        size=size,
-                        stop=self.stop_event,
-                    )
-                    break
-                except FetchError as e:
-                    last = e
-            else:
-                raise last or FetchError("no manifest")
-            config = TrainingConfig(**json.loads(manifest["config"]))
-            save_content(folder, content, int(manifest["round"]), config)
-            finish_fetch(folder / "partial", theta)
-            logger.info("release %s: fetched checkpoint %s from %d peer(s)", tag, theta.hex()[:12], len(report["from"]))
-            self._log(event="fetched", tag=tag, theta=theta.hex(), report=report)
-        except Exception as e:
-            self._fetch_failed[theta] = time.monotonic()
-            logger.warning("release %s: could not fetch checkpoint %s: %s", tag, theta.hex()[:12], e)
+        """Save (and record on the ledger) the last θ the ledger certified to us, never an optimistic one."""
+        s = self.sync.certified
+        return self.checkpoint_keeper.save(
+            self.model, s.theta, s.height, self.config, self.gov_index, self.corpus.source_ids
+        )
 
     def _log(self, **record: object) -> None:
-        record.setdefault("time", time.time())
-        if record.get("event") == "round":
-            self._last_round_record = dict(record)
-        line = json.dumps(record, sort_keys=True)
-        with open(self.metrics_path, "a") as f:
-            f.write(line + "\n")
-        if record.get("event") == "round":
-            logger.info(
-                "round %s  loss %.3f  eval %.3f  peers %s  sent %.1f MB  θ %s%s",
-                record["round"],
-                record["loss"],
-                record["eval_loss"],
-                record["peers"],
-                record["bytes_sent"] / 1e6,
-                str(record["theta"])[:12],
-                "" if record["in_sync"] else "  (re-synced)" if record["resynced"] else "  (out of sync)",
-            )
+        self.metrics.write(**record)
+
+
+def _combine(keep: list[tuple[Pending, float]], like: torch.Tensor) -> torch.Tensor:
+    """Σ wᵢ·sᵢ·Δᵢ / Σ wᵢ·sᵢ over the pending contributions to send (zeros if none): one vector, one weight."""
+    out = torch.zeros_like(like)
+    total = sum(w * p.samples for p, w in keep)
+    for p, w in keep:
+        out.add_(p.ref, alpha=w * p.samples / total)
+    return out
+
+
+def _peer_id(member: str):
+    from hivemind.p2p import PeerID
+
+    return PeerID.from_base58(member)

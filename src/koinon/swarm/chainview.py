@@ -1,8 +1,9 @@
 """A running peer's view of the certified rounds its ledger proves (``ledger/lineage.py`` over its store).
 
-- :meth:`ChainView.live`: every round event the store holds, in the order it stored them: whom to sync from, and
-  whether our optimistic result is certified yet. Only ever a hint for *whom to ask*: what is downloaded must hash
-  to the certificate.
+- :meth:`ChainView.live`: the final log's certified rounds, then every other round event the store holds, in the
+  order it stored them: whom to sync from, and whether our optimistic result is certified yet. It defers to the
+  final ledger: whenever a new final cut arrives it is rebuilt on top of the final chain, so a height that a late
+  vote decided differently in the final order (a fork, ``rounds.RoundChain``) is corrected on every peer.
 - :meth:`ChainView.cut_heights`: the height certified through each *final* cut, read from the final log in its
   total order: the input of ``rounds.governance_in_force``, which every peer must compute identically.
 
@@ -27,6 +28,7 @@ class ChainView:
         self._live = new_round_chain(charter)
         self._read = 0  # round events of the store read into the live chain
         self._final = CutHeights(charter)
+        self._based_on = 0  # final cuts the live chain was rebuilt on
         self._lock = threading.Lock()
 
     @property
@@ -39,6 +41,10 @@ class ChainView:
 
     def live(self) -> RoundChain:
         with self._lock:
+            with self.ledger._lock:  # the ledger thread extends the chain meanwhile
+                heights = self._final.follow_chain(self.ledger.chain)
+            if len(heights) != self._based_on:
+                self._live, self._read, self._based_on = self._final.chain.copy(), 0, len(heights)
             events = list(self.ledger.store.iter_events("round"))
             for e in events[self._read :]:
                 self._live.add(claim_of(e))

@@ -387,6 +387,15 @@ class RoundChain:
     def head(self) -> Certificate | None:
         return self.certs[-1] if self.certs else None
 
+    def copy(self) -> RoundChain:
+        """An independent chain in the same state (certificates are immutable; the open votes are copied)."""
+        other = RoundChain(self.founders, self.k)
+        other.certs = list(self.certs)
+        other._claims = {h: dict(votes) for h, votes in self._claims.items()}
+        other._thetas = set(self._thetas)
+        other._forks = {h: set(t) for h, t in self._forks.items()}
+        return other
+
     def electorate(self, height: int) -> frozenset[str]:
         """E_height: the founders for height 1, else everyone who contributed to one of the last
         ``ELECTORATE_WINDOW`` certified rounds. A member that sat one round out (it was slow, or its group split)
@@ -578,6 +587,12 @@ class RoundProtocol:
                 return Action("wait", None, f"waiting for the certificate of height {self.height}")
             else:
                 return Action("revert", None, f"height {self.height} was not certified within {self.cert_timeout} s")
+        if self.height > 0:
+            ours = chain.certificate(self.height)
+            if ours is None:  # our chain lost the height we hold: it now follows the final ledger, which lags
+                return Action("wait", None, f"waiting for the ledger to certify height {self.height} again")
+            if ours.state.hex() != self.state:  # we hold a θ that lost (a fork decided by a late vote)
+                return Action("sync", chain.head, f"height {self.height} is certified with another θ than ours")
         if head > self.height:
             return Action("sync", chain.head, f"the certified chain is at height {head}, we are at {self.height}")
         return Action("go")

@@ -19,7 +19,7 @@ from koinon.swarm.sync import Snapshot
 def peer(tmp_path):
     p = Peer(PeerOptions(home=tmp_path / "home", config=TrainingConfig(inner_steps=5)))
     charter = charter_from_toml(default_charter_text(), p.member)
-    p.ledger.found("t", training=training_body(p.config), rules=charter["rules"], founders=charter["founders"])
+    p.ledger.found("t", training=training_body(p.trainer.config), rules=charter["rules"], founders=charter["founders"])
     yield p
     p.ledger.store.close()
     p.home_lock.release()
@@ -29,17 +29,17 @@ def test_checkpoints_are_recorded_with_their_lineage(peer):
     peer.save_checkpoint()  # round 0: a file, no ledger event
     assert list(peer.ledger.store.iter_events(kind="checkpoint")) == []
     # checkpoints are of the last *certified* state (a certificate arriving makes the peer keep a snapshot)
-    peer.sync.keep(Snapshot.of(1, peer.theta, peer.outer.buffer, [peer.member]))
+    peer.sync.keep(Snapshot.of(1, peer.trainer.theta, peer.trainer.outer.buffer, [peer.member]))
     peer.checkpoint_keeper.note_round([peer.member], 7)
     peer.checkpoint_keeper.note_round([peer.member], 5)
     first = peer.save_checkpoint()
-    peer.sync.keep(Snapshot.of(2, peer.theta + 1, peer.outer.buffer, [peer.member]))
+    peer.sync.keep(Snapshot.of(2, peer.trainer.theta + 1, peer.trainer.outer.buffer, [peer.member]))
     peer.save_checkpoint()
     events = [e.body for e in peer.ledger.store.iter_events(kind="checkpoint")]
     assert [(b["round"], b["contributors"], b["samples"]) for b in events] == [(1, [peer.member], 12), (2, [], 0)]
     assert events[0]["parent"] is None and events[1]["parent"] == events[0]["theta"]
-    assert events[0]["config"] == bytes.fromhex(peer.config.config_hash()) and events[0]["gov"] is None
-    assert events[0]["data"] == [bytes.fromhex(d) for d in peer.corpus.source_ids]
+    assert events[0]["config"] == bytes.fromhex(peer.trainer.config.config_hash()) and events[0]["gov"] is None
+    assert events[0]["data"] == [bytes.fromhex(d) for d in peer.trainer.corpus.source_ids]
     assert first.exists()
     rows = [json.loads(line) for line in peer.metrics.path.read_text().splitlines()]
     assert [(r["event"], r["round"]) for r in rows] == [("checkpoint", 0), ("checkpoint", 1), ("checkpoint", 2)]
@@ -69,4 +69,4 @@ def test_verification_fetches_blobs_locally_first_and_never_from_itself(peer):
     with pytest.raises(LookupError, match="no source served blob"):
         duties._fetch(b"\x01" * 32, [peer.member, "other"])
     assert asked == ["other"]
-    assert peer.config.config_hash() in duties.known_configs
+    assert peer.trainer.config.config_hash() in duties.known_configs

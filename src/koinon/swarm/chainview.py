@@ -6,6 +6,8 @@
   vote decided differently in the final order (a fork, ``rounds.RoundChain``) is corrected on every peer.
 - :meth:`ChainView.cut_heights`: the height certified through each *final* cut, read from the final log in its
   total order: the input of ``rounds.governance_in_force``, which every peer must compute identically.
+- :meth:`ChainView.signers_of`: who signed a state's certificate on the live chain (``sync.StateSync`` serves a
+  state only once it is certified).
 
 Both are incremental: each call reads only the events stored (or finalised) since the last one.
 """
@@ -54,3 +56,8 @@ class ChainView:
     def cut_heights(self) -> list[int]:
         with self._lock, self.ledger._lock:  # the ledger thread extends the chain meanwhile
             return list(self._final.follow_chain(self.ledger.chain))
+
+    def signers_of(self, height: int, state: str) -> frozenset[str] | None:
+        """Who signed the certificate of ``state`` (hex) at ``height`` on our ledger (None: not certified)."""
+        cert = self.live().certificate(height)
+        return cert.signers if cert is not None and cert.state.hex() == state else None

@@ -34,7 +34,9 @@ if not (CHROMIUM.exists() and DRIVER.exists()):
 @pytest.fixture(scope="module")
 def swarm(tmp_path_factory):
     root = tmp_path_factory.mktemp("dashboard")
-    a = PeerProcess(root / "peer-a", extra=[*FAST, "--wait-for-peers", "2", "--dashboard", "127.0.0.1:0"])
+    a = PeerProcess(
+        root / "peer-a", extra=[*FAST, "--wait-for-peers", "2", "--min-contributors", "2", "--dashboard", "127.0.0.1:0"]
+    )
     peers = [a]
     try:
         b = PeerProcess(root / "peer-b", a.maddrs(), extra=[*FAST, "--wait-for-peers", "2"])

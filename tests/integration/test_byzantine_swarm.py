@@ -1,23 +1,28 @@
-"""One Byzantine peer among four real peers (issue 5): with the robust default reducer θ stays finite and identical
-on the honest peers and the eval loss falls; with the plain mean the same attack visibly hurts.
+"""One Byzantine peer among four real peers, on a machine kept busy by competing processes: with the round protocol
+(docs/training.md §2) and the robust default reducer, every honest peer holds one θ per height, every ledger audits
+clean (no lineage break), every certified round has at least k = 3 contributors, and the honest eval loss ends close
+to a clean swarm's under the same load; with the plain mean the same attack visibly hurts.
 
-Each swarm is 3 honest peers and one attacker (``koinon start --attack KIND``) on loopback for ``ROUNDS`` rounds
-of H = 10. A peer has one attack kind for its whole life, so every (attack, reducer) pair costs a swarm (≈ 30 s on
-two cores): this file runs four — sign_flip and alie against the default reducer, sign_flip and scale against
-``--reducer mean`` — and leaves scale against the robust reducer, noise, ipm and nan to the unit tests,
-test_bad_pseudo_gradients.py and the attack benchmark (bench/byz_bench.py: every attack, reducer and f/n). sign_flip and scale are the attacks a plain mean cannot survive (one peer moves the average
-anywhere it likes); alie is the one built to slip past coordinate-wise defences.
+Each swarm is 3 honest peers (and one attacker, ``koinon start --attack KIND``) on loopback for ``ROUNDS`` heights
+of H = 10, next to two busy-loop processes that compete for the two cores. A peer has one attack kind for its whole
+life, so every (attack, reducer) pair costs a swarm: this file runs four — a clean reference, sign_flip against the
+default reducer, sign_flip and scale against ``--reducer mean`` (those two unloaded: they stop at the first round
+that shows the damage) — and leaves alie, scale against the robust reducer, noise, ipm and nan to the unit tests,
+test_bad_pseudo_gradients.py and the attack benchmark (bench/byz_bench.py: every attack, reducer and f/n).
 """
 
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from koinon.ledger.audit import audit_store_file
 from tests.integration.swarmkit import FAST, PeerProcess, stop_all
 
 pytestmark = pytest.mark.slow
@@ -25,6 +30,8 @@ pytestmark = pytest.mark.slow
 ROUNDS = 4
 FALL = 0.9  # nats/byte the honest eval loss must fall by with the robust reducer (≈ 1.0 after round 1, ≈ 2.8 after 4)
 RISE = 0.2  # with the plain mean, a round with the attacker must raise the eval loss this much (seen: ≥ +0.35)
+CLOSE = 0.25  # nats/byte the attacked honest loss may exceed the clean swarm's (run-to-run noise ≈ 0.1 at this length)
+BUSY = 2  # busy-loop processes competing with the swarm for the machine's cores
 
 
 @dataclass
@@ -61,30 +68,38 @@ class SwarmRun:
         return sorted(r for r, members in self.contributors.items() if self.attacker in members)
 
 
-def run_swarm(home: Path, attack: str, reducer: str | None, must_finish: bool, enough=None) -> SwarmRun:
-    """Run the swarm until the honest peers finish ``ROUNDS`` rounds (or 240 s pass), or until ``enough`` says
-    what the peers recorded so far already decides the test."""
-    args = ["--wait-for-peers", "4", "--rounds", str(ROUNDS), *FAST, *(["--reducer", reducer] if reducer else [])]
+def run_swarm(
+    home: Path, attack: str | None, reducer: str | None, must_finish: bool, enough=None, busy: int = 0
+) -> SwarmRun:
+    """Run the swarm until the honest peers finish ``ROUNDS`` heights (or 300 s pass), or until ``enough`` says
+    what the peers recorded so far already decides the test; ``busy`` busy-loop processes compete for the cores."""
+    size = 3 + (attack is not None)
+    args = ["--wait-for-peers", str(size), "--rounds", str(ROUNDS), *FAST, *(["--reducer", reducer] if reducer else [])]
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
     honest = [PeerProcess(home / "honest-0", extra=args)]
     peers = list(honest)
+    mallory = None
 
     def so_far() -> SwarmRun:
         return SwarmRun(
-            attack=attack,
+            attack=attack or "none",
             reducer=reducer or "default",
             start_loss=honest[0].metrics("start")[0]["eval_loss"],
             honest=[p.rounds() for p in honest],
-            attacker=mallory.metrics("start")[0]["member"],
+            attacker=mallory.metrics("start")[0]["member"] if mallory is not None else "",
         )
 
     try:
         boot = honest[0].maddrs()
         honest += [PeerProcess(home / f"honest-{i}", boot, extra=args) for i in (1, 2)]
-        mallory = PeerProcess(home / "mallory", boot, extra=[*args, "--attack", attack])
-        peers = [*honest, mallory]
-        deadline = time.monotonic() + 240
+        peers = list(honest)
+        if attack is not None:
+            mallory = PeerProcess(home / "mallory", boot, extra=[*args, "--attack", attack])
+            peers.append(mallory)
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline and any(p.proc.poll() is None for p in honest):
-            if enough is not None and all(p.metrics("start") for p in (honest[0], mallory)) and enough(so_far()):
+            ready = honest[0].metrics("start") and (mallory is None or mallory.metrics("start"))
+            if enough is not None and ready and enough(so_far()):
                 return so_far()
             time.sleep(1.0)
         for p in honest:
@@ -92,58 +107,52 @@ def run_swarm(home: Path, attack: str, reducer: str | None, must_finish: bool, e
             assert code == 0 or not must_finish, f"{p.home.name} exited {code}:\n{p.log_tail()}"
         return so_far()
     finally:
+        for loop in loops:
+            loop.kill()
+            loop.wait()
         stop_all(peers)
 
 
 @pytest.fixture(scope="module")
 def swarm(tmp_path_factory):
     """Runs each (attack, reducer) swarm once for the whole module."""
-    runs: dict[tuple[str, str | None], SwarmRun] = {}
+    runs: dict[tuple[str | None, str | None], tuple[SwarmRun, Path]] = {}
 
-    def get(attack: str, reducer: str | None = None) -> SwarmRun:
+    def get(attack: str | None, reducer: str | None = None) -> tuple[SwarmRun, Path]:
         if (attack, reducer) not in runs:
-            home = tmp_path_factory.mktemp(f"{attack}-{reducer or 'default'}")
+            home = tmp_path_factory.mktemp(f"{attack or 'clean'}-{reducer or 'default'}")
             if reducer == "mean":  # the test needs one round the attacker hurt: stop the swarm once there is one
-                runs[attack, reducer] = run_swarm(home, attack, reducer, False, lambda run: run.worst_rise()[0] > RISE)
+                run = run_swarm(home, attack, reducer, False, lambda run: run.worst_rise()[0] > RISE)
             else:
-                runs[attack, reducer] = run_swarm(home, attack, reducer, must_finish=True)
+                run = run_swarm(home, attack, reducer, must_finish=True, busy=BUSY)
+            runs[attack, reducer] = run, home
         return runs[attack, reducer]
 
     return get
 
 
-@pytest.mark.parametrize("attack", ["sign_flip", "alie"])
-def test_robust_reducer_trains_through_one_byzantine_peer_among_four(swarm, attack):
-    run = swarm(attack)
-    a, b, c = run.honest
+def test_robust_reducer_trains_through_one_byzantine_peer_among_four_on_a_busy_machine(swarm):
+    run, home = swarm("sign_flip")
+    clean, _ = swarm(None)
     assert run.attacked_rounds, f"the attacker never counted in an average: nothing was tested ({run.contributors})"
-    for r in sorted(set(a) | set(b) | set(c)):
-        # The exact all-reduce gives every member of a group the same θ. On a loaded machine a round can split in
-        # two groups (each with its own θ; the next round's all-gather re-syncs the minority), and a peer that fell
-        # behind re-syncs and has no record of the round: so compare the honest peers that averaged together.
-        groups: dict[tuple[str, ...], set[str]] = {}
+    heights = sorted(set().union(*run.honest))
+    assert heights == list(range(1, ROUNDS + 1)), f"honest peers recorded heights {heights}"
+    for r in heights:
+        # one θ per height across every honest peer that reached it, by averaging or by a sync
+        thetas = {h[r]["theta"] for h in run.honest if r in h}
+        assert len(thetas) == 1, f"height {r}: honest peers hold different θ: {thetas}"
+        assert all(math.isfinite(h[r]["eval_loss"]) for h in run.honest if r in h), f"height {r}: θ is not finite"
         for h in run.honest:
-            if r in h and not h[r]["resynced"]:
-                groups.setdefault(tuple(h[r]["group"]), set()).add(h[r]["theta"])
-        for group, thetas in groups.items():
-            assert len(thetas) == 1, f"round {r}: honest members of one group diverged: {group} → {thetas}"
-        assert all(math.isfinite(h[r]["eval_loss"]) for h in run.honest if r in h), f"round {r}: θ is not finite"
-    assert all(ROUNDS in h for h in run.honest), "an honest peer did not end at the last round"
-    # (not "all end on one θ": a last round that splits on a loaded machine is settled only if the other group
-    # finishes within peer._settle's wait, a known limit in docs/training.md)
-    # The reducer out-votes one attacker among three or more contributors. A round that split (on a loaded
-    # machine) can leave fewer, and the canonical-state tie-break may then adopt the attacker's state: a known
-    # limit of state sync, not of the reducer (docs/training.md, "Byzantine peers and state sync"). So the swarm is
-    # judged at its newest round with three or more contributors (the attacker counted in some round: above).
-    full = {r: v for h in run.honest for r, v in h.items() if len(v["contributors"]) >= 3}
-    assert full, f"no round had three or more contributors: nothing to judge ({run.contributors})"
-    losses = {r: round(v["eval_loss"], 3) for r, v in sorted(a.items())}
-    sizes = {r: len(v["contributors"]) for h in run.honest for r, v in sorted(h.items())}
-    end = full[max(full)]["eval_loss"]
-    assert end < run.start_loss - FALL, (
-        f"{attack}: the eval loss did not fall enough by round {max(full)}: start {run.start_loss:.3f}, "
-        f"honest-0 by round {losses}, contributors per round {sizes}"
-    )
+            if r in h and not h[r]["resynced"]:  # a candidate group: at least k = 3 contributors
+                assert len(h[r]["contributors"]) >= 3, f"height {r} applied with contributors {h[r]['contributors']}"
+    assert all(ROUNDS in h for h in run.honest), "an honest peer did not end at the last height"
+    assert len({h[ROUNDS]["theta"] for h in run.honest}) == 1, "the honest peers ended on different θ"
+    for name in ("honest-0", "honest-1", "honest-2"):  # the strict audit: a lineage break fails it
+        report = audit_store_file(home / name / "ledger.sqlite")  # raises AuditFailure on a lineage break
+        assert report.height >= ROUNDS - 1, f"{name}: its final ledger certifies only height {report.height}"
+    end, reference = run.honest[0][ROUNDS]["eval_loss"], clean.honest[0][ROUNDS]["eval_loss"]
+    assert end < run.start_loss - FALL, f"the eval loss fell from {run.start_loss:.3f} only to {end:.3f}"
+    assert end <= reference + CLOSE, f"attacked {end:.3f} vs clean {reference:.3f} under the same load"
 
 
 @pytest.mark.parametrize("attack", ["sign_flip", "scale"])
@@ -151,7 +160,7 @@ def test_plain_mean_is_hurt_by_the_same_attack(swarm, attack):
     """With the mean, a round in which the attacker counted sends the eval loss *up* (honest DiLoCo rounds only
     bring it down this early in training; the robust runs fall by ≈ 1 nat in round 1 alone). Not the end loss: the
     attacker may fall behind a round under load and be left out, and a few honest rounds then undo the damage."""
-    mean = swarm(attack, "mean")
+    mean, _ = swarm(attack, "mean")
     assert mean.attacked_rounds, f"the attacker never counted in an average: nothing was tested ({mean.contributors})"
     rise, losses = mean.worst_rise()
     assert rise > RISE, (

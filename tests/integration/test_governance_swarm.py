@@ -34,6 +34,8 @@ window = 40
 timelock = 1
 quorum = "1/3"
 threshold = "1/2"
+# three members, one of whom is expelled: the two left must still make rounds (docs/training.md §2)
+min_contributors = 2
 [training]
 inner_steps = 10
 """

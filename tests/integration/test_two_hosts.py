@@ -65,8 +65,11 @@ def test_two_hosts_train_two_rounds_together(two_hosts, tmp_path):
         "--matchmaking-time",
         "1",
     ]
-    host_a = PeerProcess(
-        tmp_path / "host-a", extra=args, wrapper=["ip", "netns", "exec", ns_a], listen=f"/ip4/{addr_a}/tcp/0"
+    host_a = PeerProcess(  # a swarm of two: two contributors make a round
+        tmp_path / "host-a",
+        extra=[*args, "--min-contributors", "2"],
+        wrapper=["ip", "netns", "exec", ns_a],
+        listen=f"/ip4/{addr_a}/tcp/0",
     )
     host_b = None
     try:

@@ -231,9 +231,9 @@ class Peer:
 
     def attempt(self) -> None:
         p, t, exchange = self.protocol, self.trainer, self.services.exchange
-        c = t.config  # read before ``_governance_for``: this attempt's ETAs use the H in force when it began
         p.attempt += 1
         self._governance_for(p.height + 1)
+        c = t.config  # after the switch: this attempt trains (and announces its ETA) under the H in force
         self.checkpoint_keeper.fetch_releases(t.gov, self.chains.live().produced)
         started = time.time()
         self.services.announce(height=p.height + 1, eta=started + c.inner_steps * t.step_time, state=p.state)

@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/verify_bench.py
 	$(BIN)/python bench/sync_bench.py
 	$(BIN)/python bench/serve_bench.py
+	$(BIN)/python bench/rounds_bench.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

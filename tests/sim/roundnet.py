@@ -18,7 +18,8 @@ Each attempt:
 Byzantine behaviours (``SimPeer.byz``): ``huge`` (claims height 10**9 in gathers and round events), ``fake`` (signs
 gathers naming an electorate of itself and its colluders, k = 1), ``mallory`` (forges gathers and round events under
 other members' ids), ``double`` (signs two round events with different θ at each height it records), ``collude``
-(behaves, but signs a θ of the colluders' choosing whenever the colluders are a strict majority of the electorate its
+(behaves, but signs a θ of the colluders' choosing whenever the colluders are a strict majority of the electorate — or,
+with ``always``, at every height — its
 chain expects at the next height, in an attempt number of their own), ``silent`` (contributes, applies, never signs
 its round event: a crash after the all-reduce looks the same), ``withhold`` (signs its round events but keeps each one
 back until its chain has certified another θ at that height, then releases it: the late vote that can make a losing
@@ -254,7 +255,8 @@ class RoundNet:
         height, theta = (
             (p.fallback[0], p.fallback[2]) if proto.optimistic_since is not None else (proto.height, proto.theta)
         )
-        canonical = chain.certificate(height).theta if height else GENESIS
+        cert = chain.certificate(height) if height else None
+        canonical = cert.theta if cert is not None else (GENESIS if height == 0 else None)
         if height <= chain.height and canonical == theta:
             return
         self.stats["peers moved off a losing fork"] += 1
@@ -407,7 +409,8 @@ class RoundNet:
         chain = p.chain
         h = chain.height + 1
         electorate = chain.electorate(h)
-        if h in p.voted or 2 * len(self.colluders & electorate) <= len(electorate):
+        majority = 2 * len(self.colluders & electorate) > len(electorate)
+        if h in p.voted or not (majority or "always" in p.byz):
             return
         prev = chain.head.theta if chain.head else GENESIS
         bad = evil_theta(b"colluders", prev, h.to_bytes(8, "big"))

@@ -249,8 +249,10 @@ def test_cut_heights_of_a_small_final_log() -> None:
     with pytest.raises(KeyError):
         CutHeights(f.charter).follow(ids, sizes, {}.get)
     # governance after cut i applies GOV_DELAY heights after the height its final log certifies
-    assert governance_in_force(tracker.heights, 4) == (4, True)  # cut 5 (height 2) applies from height 5 on
-    assert governance_in_force(tracker.heights, 5) == (5, False)  # not settled: a later cut may certify more
+    assert governance_in_force(tracker.heights, 11, delay=10) == (4, True)  # cut 5 (height 2) applies from 12 on
+    assert governance_in_force(tracker.heights, 12, delay=10) == (5, False)  # not settled: a later cut may certify more
+    assert governance_in_force(tracker.heights, 4, delay=3) == (4, True)  # the rule for any delay
+    assert governance_in_force(tracker.heights, 5, delay=3) == (5, False)
 
 
 # --- real ledgers with final cuts: the strict audit -----------------------------------------------------------------

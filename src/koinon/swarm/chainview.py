@@ -15,10 +15,12 @@ Both are incremental: each call reads only the events stored (or finalised) sinc
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 
 from koinon.ledger.lineage import CutHeights, claim_of, new_round_chain
 from koinon.ledger.node import LedgerNode
-from koinon.swarm.rounds import RoundChain
+from koinon.swarm.rounds import Certificate, RoundChain
 
 
 class ChainView:
@@ -52,6 +54,18 @@ class ChainView:
                 self._live.add(claim_of(e))
             self._read = len(events)
             return self._live
+
+    def wait_for(
+        self, height: int, kick: Callable[[], None], stop: threading.Event, wait: float = 3.0
+    ) -> Certificate | None:
+        """Height ``height``'s certificate on our ledger, asking for a sync (``kick``) and waiting up to ``wait``
+        seconds for its events to arrive."""
+        deadline = time.monotonic() + wait
+        while (cert := self.live().certificate(height)) is None and time.monotonic() < deadline:
+            kick()
+            if stop.wait(0.2):
+                break
+        return cert
 
     def cut_heights(self) -> list[int]:
         with self._lock, self.ledger._lock:  # the ledger thread extends the chain meanwhile

@@ -26,8 +26,6 @@ import threading
 import time
 from pathlib import Path
 
-import torch
-
 from koinon.identity import Identity
 from koinon.ledger.node import LedgerNode
 from koinon.ledger.outbox import HomeLock
@@ -37,10 +35,10 @@ from koinon.swarm.averaging import group_decision
 from koinon.swarm.chainview import ChainView
 from koinon.swarm.metrics import MetricsLog
 from koinon.swarm.options import PeerOptions
-from koinon.swarm.rounds import Certificate, GroupDecision, Pending, RoundProtocol, governance_in_force, sign_gather
+from koinon.swarm.rounds import Certificate, GroupDecision, RoundProtocol, governance_in_force, sign_gather
 from koinon.swarm.services import PeerServices
 from koinon.swarm.sync import Snapshot, StateSync
-from koinon.swarm.trainer import LocalTrainer
+from koinon.swarm.trainer import LocalTrainer, combine
 from koinon.verification.duties import VerificationDuties
 
 logger = logging.getLogger("koinon.peer")
@@ -152,12 +150,17 @@ class Peer:
 
     # --- governance: the state the final ledger puts in force for a height ---------------------------------------
     def _governance_for(self, height: int) -> None:
-        """Use the governance state in force for the round that makes θ_height; if our final ledger cannot tell
-        yet, wait a little for it (then use the best it knows: a mismatch only leaves us out of a group)."""
+        """Use the governance state in force for the round that makes θ_height. If our final ledger cannot tell
+        yet and a newer final state would change what we train, wait a little for it (then use the best it knows:
+        a mismatch only leaves us out of a group); if nothing would change, there is nothing to wait for."""
         deadline = time.monotonic() + 2 * self.ledger.epoch_ms / 1000 + 1
         while True:
-            index, settled = governance_in_force(self.chains.cut_heights(), height)
+            heights = self.chains.cut_heights()
+            index, settled = governance_in_force(heights, height)
             if settled or time.monotonic() > deadline or self.stop_event.is_set():
+                break
+            chain = self.ledger.chain
+            if _effect(chain.final_governance(index)) == _effect(chain.final_governance(len(heights) - 1)):
                 break
             self.services.kick()
             self.stop_event.wait(0.2)
@@ -214,13 +217,26 @@ class Peer:
             self.attempt()
         if not self.stop_event.is_set():
             self._resolve(timeout=30.0)  # end on a certified θ (the last round's certificate, or the swarm's)
+            self._linger()
         self.protocol.finish()
         self.metrics.write(event="goodput", height=self.round, goodput=self.protocol.goodput, **self.protocol.stats)
         self.save_checkpoint()
 
     def _stop_now(self) -> bool:
-        limits = [self.options.max_rounds, self._stop_after()]
-        return any(limit is not None and self.round >= limit for limit in limits)
+        """A planned stop (``--rounds``, ``STOP_AFTER``) once we, or the certified chain, reached its height: a
+        peer that fell behind at the end syncs to the last height in ``run``, it does not train another round."""
+        reached = max(self.round, self.chains.live().height if self.chains is not None else 0)
+        return any(limit is not None and reached >= limit for limit in (self.options.max_rounds, self._stop_after()))
+
+    def _linger(self, seconds: float = 15.0) -> None:
+        """Before a planned stop, stay (serving our certified state) while a peer still announces that it works
+        toward a height we hold, so that it can sync to the swarm's last θ instead of finding no donor."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not self.stop_event.is_set():
+            behind = [v for m, v in self.live_peers().items() if m != self.member and v.get("height", 0) <= self.round]
+            if not behind:
+                return
+            self.stop_event.wait(0.5)
 
     def _stop_after(self) -> int | None:
         """A height written to ``$HOME/STOP_AFTER`` (by ``koinon demo``) ends the run once it is reached."""
@@ -236,6 +252,12 @@ class Peer:
         c = t.config  # after the switch: this attempt trains (and announces its ETA) under the H in force
         self.checkpoint_keeper.fetch_releases(t.gov, self.chains.live().produced)
         started = time.time()
+        if self.chains.live().height > p.height and not self._resolve(timeout=30.0):
+            # the swarm is ahead and nobody served its state yet: training from our old θ would only make stale work
+            reason = "behind the certified chain"
+            return self.metrics.write(event="round_failed", round=p.height + 1, attempted=p.attempt, reason=reason)
+        if self._stop_now():
+            return
         self.services.announce(height=p.height + 1, eta=started + c.inner_steps * t.step_time, state=p.state)
         delta, loss, samples = t.train(p.attempt, exchange.last_group, self.verification)
         if self.stop_event.is_set():
@@ -245,9 +267,11 @@ class Peer:
         if not self._resolve(timeout=p.cert_timeout + 30):
             reason = "no certified state"
             return self.metrics.write(event="round_failed", round=p.height + 1, attempted=p.attempt, reason=reason)
+        if self._stop_now():
+            return  # a sync brought us to the planned last height: nobody will average the next one with us
         self._governance_for(p.height + 1)  # a sync or revert may have moved us
         keep, weight = p.contribution()
-        contribution = _combine(keep, t.theta)
+        contribution = combine(keep, t.theta)
         if p.in_flight is not None:
             p.in_flight.ref = contribution
         round_s = c.inner_steps * t.step_time
@@ -309,14 +333,8 @@ class Peer:
         if ahead and max(ahead) > self.round + 1:
             self._certificate(min(max(ahead) - 1, self.round + 1))
 
-    def _certificate(self, height: int, wait: float = 3.0) -> Certificate | None:
-        """Height ``height``'s certificate on our ledger, waiting up to ``wait`` s for the events to arrive."""
-        deadline = time.monotonic() + wait
-        while (cert := self.chains.live().certificate(height)) is None and time.monotonic() < deadline:
-            self.services.kick()
-            if self.stop_event.wait(0.2):
-                break
-        return cert
+    def _certificate(self, height: int) -> Certificate | None:
+        return self.chains.wait_for(height, self.services.kick, self.stop_event)
 
     def _keep_certified(self, signers: frozenset[str]) -> None:
         self.sync.keep(self.trainer.snapshot(self.round, self.protocol.electorate, signers))
@@ -386,10 +404,8 @@ class Peer:
         return self.checkpoint_keeper.save(t.model, s.theta, s.height, t.config, t.gov_index, t.corpus.source_ids)
 
 
-def _combine(keep: list[tuple[Pending, float]], like: torch.Tensor) -> torch.Tensor:
-    """Σ wᵢ·sᵢ·Δᵢ / Σ wᵢ·sᵢ over the pending contributions to send (zeros if none): one vector, one weight."""
-    out = torch.zeros_like(like)
-    total = sum(w * p.samples for p, w in keep)
-    for p, w in keep:
-        out.add_(p.ref, alpha=w * p.samples / total)
-    return out
+def _effect(gov) -> tuple:
+    """What a governance state changes in training: configuration, who is excluded, which data is allowed."""
+    if gov is None:
+        return ()
+    return (gov.config_hash(), tuple(sorted(gov.excluded())), tuple(sorted(gov.removed_data)), gov.restricted_data)

@@ -20,6 +20,7 @@ import torch
 
 from koinon.config import TrainingConfig
 from koinon.swarm.attacks import AttackContext, apply_attack, check_attack
+from koinon.swarm.rounds import Pending
 from koinon.swarm.sync import Snapshot, state_hash
 from koinon.training.data import Corpus
 from koinon.training.diloco import InnerTrainer, OuterOptimizer
@@ -181,3 +182,13 @@ class LocalTrainer:
         """A copy of our θ and outer momentum as the state at ``height``."""
         with self._lock:
             return Snapshot.of(height, self.theta, self.outer.buffer, electorate, signers)
+
+
+def combine(keep: list[tuple[Pending, float]], like: torch.Tensor) -> torch.Tensor:
+    """Σ wᵢ·sᵢ·Δᵢ / Σ wᵢ·sᵢ over the pending contributions to send (zeros if none): one vector, one weight
+    (``RoundProtocol.contribution`` says which, with their staleness weights wᵢ; docs/training.md §2.6)."""
+    out = torch.zeros_like(like)  # (P,)
+    total = sum(w * p.samples for p, w in keep)
+    for p, w in keep:
+        out.add_(p.ref, alpha=w * p.samples / total)
+    return out

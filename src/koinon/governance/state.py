@@ -176,6 +176,11 @@ class GovState:
         penalty for cheating or a false accusation), sorted."""
         return sorted(self.expelled | self.banned | self.trust.penalised())
 
+    def training_effect(self) -> tuple:
+        """What this state changes in training: the configuration, who is excluded, which data is allowed. Two
+        states with the same effect train the same (the round loop waits for its ledger only when it would not)."""
+        return (self.config_hash(), tuple(self.excluded()), tuple(sorted(self.removed_data)), self.restricted_data)
+
     def _snapshot(self) -> tuple[dict[str, int], int, dict[str, str]]:
         """(weights, total, delegations) of the members now; shared by every proposal that opens before the next
         change of membership, credit or delegations (so 1,000 proposals over 10,000 members stay cheap)."""

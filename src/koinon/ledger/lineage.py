@@ -45,6 +45,24 @@ def claim_of(event: Event) -> RoundClaim:
     )
 
 
+def round_body(claim: RoundClaim, *, samples: int, sent: int, config: bytes, gov: int | None) -> dict:
+    """The body of the ``round`` event that makes ``claim`` (the inverse of :func:`claim_of`), with the round's
+    samples, the bytes its author sent since its last round event, the configuration hash and the final cut index
+    whose governance state was in force (None: the charter)."""
+    return {
+        "round": claim.attempt,
+        "height": claim.height,
+        "theta": claim.theta,
+        "prev_theta": claim.prev,
+        "state": claim.state,
+        "participants": list(claim.contributors),
+        "samples": samples,
+        "bytes": sent,
+        "config": config,
+        "gov": gov,
+    }
+
+
 def founders_of(charter: Event) -> frozenset[str]:
     """E_1: the charter's founders (its author where the list is empty)."""
     return frozenset(charter.body.get("founders") or [charter.author])

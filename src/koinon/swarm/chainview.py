@@ -17,10 +17,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from koinon.ledger.lineage import CutHeights, claim_of, new_round_chain
 from koinon.ledger.node import LedgerNode
-from koinon.swarm.rounds import Certificate, RoundChain
+from koinon.swarm.rounds import Certificate, RoundChain, governance_in_force
+
+if TYPE_CHECKING:
+    from koinon.governance.state import GovState
 
 
 class ChainView:
@@ -55,6 +59,10 @@ class ChainView:
             self._read = len(events)
             return self._live
 
+    def height(self) -> int:
+        """The certified height our ledger shows now."""
+        return self.live().height
+
     def wait_for(
         self, height: int, kick: Callable[[], None], stop: threading.Event, wait: float = 3.0
     ) -> Certificate | None:
@@ -66,6 +74,26 @@ class ChainView:
             if stop.wait(0.2):
                 break
         return cert
+
+    def governance(self, height: int, kick: Callable[[], None], stop: threading.Event) -> tuple[int, GovState | None]:
+        """(final cut index, governance state) in force for the round that makes θ_height
+        (``rounds.governance_in_force``). If our final ledger cannot tell yet and its newest final state would
+        change what we train, wait a little (two epochs and a second) for it, asking for syncs, then answer with
+        the best it knows: a mismatch only leaves us out of a group. If nothing would change, there is nothing to
+        wait for."""
+        chain = self.ledger.chain
+        deadline = time.monotonic() + 2 * self.ledger.epoch_ms / 1000 + 1
+        while True:
+            heights = self.cut_heights()
+            index, settled = governance_in_force(heights, height)
+            if settled or time.monotonic() > deadline or stop.is_set():
+                break
+            now, newest = chain.final_governance(index), chain.final_governance(len(heights) - 1)
+            if now is None or newest is None or now.training_effect() == newest.training_effect():
+                break
+            kick()
+            stop.wait(0.2)
+        return index, chain.final_governance(index)
 
     def cut_heights(self) -> list[int]:
         with self._lock, self.ledger._lock:  # the ledger thread extends the chain meanwhile

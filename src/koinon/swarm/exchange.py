@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -31,11 +32,19 @@ class Exchange:
         return self.announcer.live_peers()
 
     def run(
-        self, height: int, contribution: torch.Tensor, weight: int, gather: dict, round_s: float, stop: threading.Event
+        self,
+        height: int,
+        contribution: torch.Tensor,
+        weight: int,
+        gather: dict,
+        round_s: float,
+        stop: threading.Event,
+        passed: Callable[[], bool] = lambda: False,
     ) -> dict[str, object] | None:
         """Average ``contribution`` (weight ``weight``) with the peers working toward ``height``; the group's
         gathered metadata by member (ours included), or None when no group formed. The average is left in the
-        averager's buffer."""
+        averager's buffer. ``passed()`` (asked about once a second) says the swarm already certified ``height``
+        without us: then we stop waiting for a group and go sync instead."""
         from hivemind.utils import get_dht_time
 
         companions = [m for m in self.last_group if m != self.member]
@@ -74,8 +83,10 @@ class Exchange:
                 timeout=scheduled - now + self.matchmaking_time + self.averaging_timeout,
                 wait=False,
             )
+            ticks = 0
             while not control.done():
-                if stop.wait(0.1):
+                ticks += 1
+                if stop.wait(0.1) or (ticks % 10 == 0 and not control.began_allreduce and passed()):
                     control.cancel()
                     return None
             result = control.result()

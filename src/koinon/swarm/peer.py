@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from koinon.identity import Identity
+from koinon.ledger.lineage import round_body
 from koinon.ledger.node import LedgerNode
 from koinon.ledger.outbox import HomeLock
 from koinon.ledger.store import LedgerStore
@@ -35,7 +36,7 @@ from koinon.swarm.averaging import group_decision
 from koinon.swarm.chainview import ChainView
 from koinon.swarm.metrics import MetricsLog
 from koinon.swarm.options import PeerOptions
-from koinon.swarm.rounds import Certificate, GroupDecision, RoundProtocol, governance_in_force, sign_gather
+from koinon.swarm.rounds import Certificate, GroupDecision, RoundClaim, RoundProtocol, sign_gather
 from koinon.swarm.services import PeerServices
 from koinon.swarm.sync import Snapshot, StateSync
 from koinon.swarm.trainer import LocalTrainer, combine
@@ -150,24 +151,10 @@ class Peer:
 
     # --- governance: the state the final ledger puts in force for a height ---------------------------------------
     def _governance_for(self, height: int) -> None:
-        """Use the governance state in force for the round that makes θ_height. If our final ledger cannot tell
-        yet and a newer final state would change what we train, wait a little for it (then use the best it knows:
-        a mismatch only leaves us out of a group); if nothing would change, there is nothing to wait for."""
-        deadline = time.monotonic() + 2 * self.ledger.epoch_ms / 1000 + 1
-        while True:
-            heights = self.chains.cut_heights()
-            index, settled = governance_in_force(heights, height)
-            if settled or time.monotonic() > deadline or self.stop_event.is_set():
-                break
-            chain = self.ledger.chain
-            if _effect(chain.final_governance(index)) == _effect(chain.final_governance(len(heights) - 1)):
-                break
-            self.services.kick()
-            self.stop_event.wait(0.2)
-        if index != self.trainer.gov_index:
-            gov = self.ledger.chain.final_governance(index)
-            if gov is not None:
-                self._use_governance(index, gov)
+        """Use the governance state in force for the round that makes θ_height (``ChainView.governance``)."""
+        index, gov = self.chains.governance(height, self.services.kick, self.stop_event)
+        if index != self.trainer.gov_index and gov is not None:
+            self._use_governance(index, gov)
 
     def _use_governance(self, index: int, gov) -> None:
         """Train from the next round under the governance state after final cut ``index`` (``LocalTrainer``).
@@ -228,10 +215,12 @@ class Peer:
         reached = max(self.round, self.chains.live().height if self.chains is not None else 0)
         return any(limit is not None and reached >= limit for limit in (self.options.max_rounds, self._stop_after()))
 
-    def _linger(self, seconds: float = 15.0) -> None:
+    def _linger(self) -> None:
         """Before a planned stop, stay (serving our certified state) while a peer still announces that it works
-        toward a height we hold, so that it can sync to the swarm's last θ instead of finding no donor."""
-        deadline = time.monotonic() + seconds
+        toward a height we hold, so that it can sync to the swarm's last θ instead of finding no donor; at most as
+        long as such a peer may still wait for a group (it gives up once it sees the height certified)."""
+        o = self.options
+        deadline = time.monotonic() + o.matchmaking_time + o.averaging_timeout + 10
         while time.monotonic() < deadline and not self.stop_event.is_set():
             behind = [v for m, v in self.live_peers().items() if m != self.member and v.get("height", 0) <= self.round]
             if not behind:
@@ -275,7 +264,16 @@ class Peer:
         if p.in_flight is not None:
             p.in_flight.ref = contribution
         round_s = c.inner_steps * t.step_time
-        gathered = exchange.run(p.height + 1, contribution, weight, self._gather(weight), round_s, self.stop_event)
+        target, chains = p.height + 1, self.chains
+        gathered = exchange.run(
+            target,
+            contribution,
+            weight,
+            self._gather(weight),
+            round_s,
+            self.stop_event,
+            lambda: chains.height() >= target,
+        )
         if self.stop_event.is_set():
             return
         decision = group_decision(gathered) if gathered else None
@@ -353,48 +351,45 @@ class Peer:
         self.checkpoint_keeper.note_round(contributors, samples)
         sent = self.services.bytes_sent
         if record:
-            self.services.record(
-                "round",
-                {
-                    "round": self.protocol.attempt,
-                    "height": self.round,
-                    "theta": theta,
-                    "prev_theta": bytes.fromhex(prev),
-                    "state": bytes.fromhex(state),
-                    "participants": contributors,
-                    "samples": samples,
-                    "bytes": sent - self._bytes_recorded,
-                    "config": bytes.fromhex(t.config.config_hash()),
-                    "gov": t.gov_index if t.gov_index >= 0 else None,
-                },
-                cite=self.sync.certified.signers,  # their round events must precede ours in every order
+            claim = RoundClaim(
+                self.member,
+                self.round,
+                bytes.fromhex(prev),
+                theta,
+                bytes.fromhex(state),
+                tuple(contributors),
+                self.protocol.attempt,
             )
+            gov = t.gov_index if t.gov_index >= 0 else None
+            body = round_body(
+                claim,
+                samples=samples,
+                sent=sent - self._bytes_recorded,
+                config=bytes.fromhex(t.config.config_hash()),
+                gov=gov,
+            )
+            # the signers of the certificate we built on are cited: their round events must precede ours in every order
+            self.services.record("round", body, cite=self.sync.certified.signers)
             self._bytes_recorded = sent
         self._log_round(loss, started, sorted(gathered), contributors, resynced=False)
 
     def _log_round(
         self, loss: float, started: float, group: list[str], contributors: list[str], resynced: bool
     ) -> None:
-        t = self.trainer
         self.metrics.write(
             event="round",
             round=self.round,
             attempted=self.protocol.attempt,
             loss=loss,
-            eval_loss=t.evaluate(),
-            theta=t.theta_hex,
             group=group,
             contributors=contributors,
             peers=len(group),
-            config=t.config.config_hash(),
-            inner_steps=t.config.inner_steps,
-            gov=t.gov_index if t.gov_index >= 0 else None,
             in_sync=not resynced,
             resynced=resynced,
-            tokens=t.tokens,
+            seconds=round(time.time() - started, 3),
             bytes_sent=self.services.bytes_sent,
             rejected=self.services.rejected,
-            seconds=round(time.time() - started, 3),
+            **self.trainer.summary(),  # eval loss, θ, configuration and governance in force, tokens
             **{k: int(v) for k, v in self.protocol.stats.items()},
         )
 
@@ -402,10 +397,3 @@ class Peer:
         """Save (and record on the ledger) the last θ the ledger certified to us, never an optimistic one."""
         s, t = self.sync.certified, self.trainer
         return self.checkpoint_keeper.save(t.model, s.theta, s.height, t.config, t.gov_index, t.corpus.source_ids)
-
-
-def _effect(gov) -> tuple:
-    """What a governance state changes in training: configuration, who is excluded, which data is allowed."""
-    if gov is None:
-        return ()
-    return (gov.config_hash(), tuple(sorted(gov.excluded())), tuple(sorted(gov.removed_data)), gov.restricted_data)

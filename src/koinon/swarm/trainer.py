@@ -158,6 +158,17 @@ class LocalTrainer:
             last = time.monotonic()
             yield batch
 
+    def summary(self) -> dict:
+        """What a round record says about our model: eval loss, θ, configuration and governance in force, tokens."""
+        return dict(
+            eval_loss=self.evaluate(),
+            theta=self.theta_hex,
+            config=self.config.config_hash(),
+            inner_steps=self.config.inner_steps,
+            gov=self.gov_index if self.gov_index >= 0 else None,
+            tokens=self.tokens,
+        )
+
     def evaluate(self) -> float:
         return self.inner.evaluate(self.theta, self.eval_set)
 

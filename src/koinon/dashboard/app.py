@@ -296,8 +296,8 @@ class Pages:
                 [
                     f"<code>{e(short(m))}</code>{' (this peer)' if m == me else ''}",
                     online,
-                    e(info.get("round", "—")),
-                    e(info.get("done", "—")),
+                    e(info.get("height", "—")),  # announced: the height it trains toward (a hint)
+                    e(info["height"] - 1 if isinstance(info.get("height"), int) else "—"),
                     e(r.get("credit", 0)),
                     share_bar(share),
                     e(f"{r.get('verified', 0)}/{r.get('sampled', 0)}"),
@@ -305,7 +305,7 @@ class Pages:
             )
         peers = table(
             "Members and peers",
-            ["member", "state", "working on round", "last done", "credit", "credit share", "verified / sampled"],
+            ["member", "state", "working on height", "holds height", "credit", "credit share", "verified / sampled"],
             rows,
         )
         note = f"<p class='bad'>{e(err)}</p>" if err else ""

@@ -6,6 +6,7 @@
 - ``compression.py``: fp16 and Koinon's blockwise int8 encoding of pseudo-gradients.
 - ``announce.py``: ``Announcer`` — signed DHT records of each peer's height and ETA (scheduling hints only).
 - ``rounds.py``: ``RoundProtocol`` and friends — which θ is the swarm's: pure decisions from signed data.
+- ``certificates.py``: ``RoundChain`` — certified heights from signed round events; ``governance_in_force``.
 - ``peer.py``: ``Peer`` — a thin driver of the round protocol: run → join → attempt → resolve → apply.
 - ``options.py``: ``PeerOptions`` — what ``koinon start`` asks of a peer.
 - ``trainer.py``: ``LocalTrainer`` — what a peer trains and how: model, θ, optimizers, data, governance in force.

@@ -321,6 +321,7 @@ class Peer:
                 self.trainer.adopt(snapshot)
                 self.protocol.synced(cert, self.chains.live())
                 self.sync.keep(snapshot)
+                self._governance_for(cert.height)  # the record says what made θ_h: the governance in force for h
                 self._log_round(loss=float("nan"), started=time.time(), group=[], contributors=[], resynced=True)
         return False
 

@@ -246,3 +246,16 @@ def _socket_inodes(pid: str) -> set[str]:
     except OSError:
         pass  # gone meanwhile
     return out
+
+
+def write_results(out: Path, results: dict, table: str, log: Callable[[str], None]) -> int:
+    """Write ``out``.json (the results) and ``out``.md (``table``), print the table; the exit code of a benchmark:
+    1 when a variant failed (``results["variants"][…]["error"]``) or processes were left behind, else 0."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+    out.with_suffix(".md").write_text(table)
+    print()
+    print(table)
+    log(f"wrote {out}.json and {out}.md in {results['total_seconds']:.0f} s")
+    failed = [k for k, v in results["variants"].items() if "error" in v]
+    return 1 if failed or results["cleanup"]["leftover_processes"] else 0

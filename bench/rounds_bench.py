@@ -56,6 +56,7 @@ from procs import (
     read_jsonl,
     remove_stale_sockets,
     wait_for,
+    write_results,
 )
 from run import machine, source_hash
 
@@ -689,16 +690,7 @@ def main() -> int:
         ratios=add_ratios(variants),
         cleanup=dict(leftover_processes=ours, stale_sockets_removed=removed, other_jobs_p2pd=len(others)),
     )
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    out = args.results_dir / args.name
-    out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
-    table = markdown(results)
-    out.with_suffix(".md").write_text(table)
-    print()
-    print(table)
-    log(f"wrote {out}.json and {out}.md in {results['total_seconds']:.0f} s")
-    failed = [k for k, v in variants.items() if "error" in v]
-    return 1 if failed or ours else 0
+    return write_results(args.results_dir / args.name, results, markdown(results), log)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import platform
 import shlex
@@ -42,6 +41,7 @@ from procs import (
     remove_stale_sockets,
     wait_exit,
     wait_for,
+    write_results,
 )
 from report import markdown, ratios
 
@@ -443,16 +443,7 @@ def main() -> int:
         ratios=ratios(variants, n, args.inner_steps),
         cleanup=dict(leftover_processes=ours, stale_sockets_removed=removed, other_jobs_p2pd=len(others)),
     )
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    out = args.results_dir / args.name
-    out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
-    table = markdown(results)
-    out.with_suffix(".md").write_text(table)
-    print()
-    print(table)
-    log(f"wrote {out}.json and {out}.md in {results['total_seconds']:.0f} s")
-    failed = [k for k, v in variants.items() if "error" in v]
-    return 1 if failed or ours else 0
+    return write_results(args.results_dir / args.name, results, markdown(results), log)
 
 
 if __name__ == "__main__":

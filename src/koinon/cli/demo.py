@@ -543,11 +543,8 @@ def run_demo(args: argparse.Namespace) -> int:
     attack = getattr(args, "attack", None)
     dashboard = getattr(args, "dashboard", "off")
     board = ["--dashboard", dashboard] if dashboard and dashboard != "off" else []
-    # peer-0 founds the swarm: a round needs min(3, honest peers) contributors (docs/training.md §2)
-    founding = ["--min-contributors", str(min(3, args.peers))]
-    peers = [
-        LocalPeer(i, workdir / f"peer-{i}", extra + (board + founding if i == 0 else [])) for i in range(args.peers)
-    ]
+    found = board + ["--min-contributors", str(min(3, args.peers))]  # a round needs min(3, peers) contributors
+    peers = [LocalPeer(i, workdir / f"peer-{i}", extra + (found if i == 0 else [])) for i in range(args.peers)]
     if attack:  # one more peer, Byzantine on purpose; it votes "no" in the governance script (the last peer)
         peers.append(LocalPeer(args.peers, workdir / f"peer-{args.peers}", extra, attack=attack))
     threads = max(1, (os.cpu_count() or 1) // len(peers))

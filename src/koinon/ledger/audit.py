@@ -44,9 +44,8 @@ from koinon.ledger import cbor
 from koinon.ledger.cuts import GENESIS, Chain, leader
 from koinon.ledger.event import Event, verify_signature_of
 from koinon.ledger.export import iter_store_wires, store_quarantine
-from koinon.ledger.lineage import CutHeights, claim_of
+from koinon.ledger.lineage import break_reason, certificate_dict, replay_final
 from koinon.ledger.store import LedgerStore, check_equivocation_proof
-from koinon.swarm.rounds import Certificate, RoundChain
 
 DAY_MS = 86_400_000
 PARALLEL_MIN_EVENTS = 4000  # below this, starting worker processes costs more than the signatures
@@ -443,13 +442,13 @@ def audit(
     by_id = {e.id: e for e in events}
     final_ids = set(ids)
     charter = store.charter()
-    lineage = _lineage(ids, by_id, final, charter)
+    lineage = replay_final(ids, by_id, final, charter)
     if lineage.breaks:
         first = lineage.breaks[0]
         more = len(lineage.breaks) - 1
         error = name.failure(
             position[bytes.fromhex(first["id"])],
-            _break_reason(first) + (f" ({more} more lineage break(s) after it)" if more else ""),
+            break_reason(first) + (f" ({more} more lineage break(s) after it)" if more else ""),
         )
         error.lineage_breaks = lineage.breaks  # type: ignore[attr-defined]
         raise error
@@ -503,91 +502,11 @@ def audit(
         lineage_breaks=[],
         governance=governance,
         height=lineage.chain.height if lineage.chain else 0,
-        head=_certificate_dict(lineage.chain.head) if lineage.chain and lineage.chain.head else None,
+        head=certificate_dict(lineage.chain.head) if lineage.chain and lineage.chain.head else None,
         uncertified=len(lineage.uncertified),
         cut_heights=lineage.cut_heights,
         min_contributors=lineage.chain.k if lineage.chain else 0,
     )
-
-
-@dataclass
-class _Lineage:
-    chain: RoundChain | None  # the certificates of the final log (None: no charter)
-    breaks: list[dict]
-    uncertified: set[bytes]  # final round events that agree with no certificate
-    cut_heights: list[int]
-
-
-def _lineage(ids: Sequence[bytes], by_id: dict[bytes, Event], final: Sequence, charter: Event | None) -> _Lineage:
-    """Replay the final log in its total order through the certificate rule (koinon.swarm.rounds.RoundChain).
-
-    A final round event for height h ≥ 2 must start from the θ that the final events before it certified at
-    h − 1; one that does not is a lineage break. Height 1 starts from the genesis θ, which nothing certifies: any
-    prev θ is accepted there, but a height-1 certificate still needs a majority of the founders to agree."""
-    if charter is None:
-        return _Lineage(None, [], set(), [])
-    tracker = CutHeights(charter)
-    ends = [int(c.event.body["size"]) for c in final]
-    breaks: list[dict] = []
-    claims = []
-    next_cut = 0
-    for p, event_id in enumerate(ids):
-        e = by_id[event_id]
-        if e.kind == "round":
-            claim = claim_of(e)
-            claims.append((e.id, claim))
-            if claim.height >= 2:
-                cert = tracker.chain.certificate(claim.height - 1)
-                # the canonical θ, or a losing fork's that a late vote also certified (RoundChain.certified): a
-                # peer that built on that fork before the late vote decided it is not the one to blame
-                if not tracker.chain.certified(claim.height - 1, claim.prev):
-                    breaks.append(
-                        {
-                            "position": p,
-                            "id": e.id.hex(),
-                            "author": e.author,
-                            "round": int(e.body["round"]),
-                            "height": claim.height,
-                            "prev_theta": claim.prev.hex(),
-                            "expected": cert.theta.hex() if cert is not None else None,
-                        }
-                    )
-        tracker.add(e)
-        while next_cut < len(ends) and ends[next_cut] <= p + 1:
-            tracker.end_cut()
-            next_cut += 1
-    chain = tracker.chain
-    uncertified = set()
-    for event_id, claim in claims:
-        cert = chain.certificate(claim.height)
-        if cert is None or (cert.prev, cert.theta, cert.state, tuple(sorted(cert.contributors))) != claim.key:
-            uncertified.add(event_id)
-    return _Lineage(chain, breaks, uncertified, list(tracker.heights))
-
-
-def _break_reason(b: dict) -> str:
-    h = b["height"]
-    why = (
-        f"height {h - 1} is not certified by the final events before it"
-        if b["expected"] is None
-        else f"the θ certified at height {h - 1} is {b['expected'][:16]}…"
-    )
-    return (
-        f"θ lineage break: round event {b['id'][:16]} (final position {b['position']}) by …{b['author'][-8:]} "
-        f"makes height {h} from θ {b['prev_theta'][:16]}…, but {why}"
-    )
-
-
-def _certificate_dict(cert: Certificate) -> dict:
-    return {
-        "height": cert.height,
-        "prev_theta": cert.prev.hex(),
-        "theta": cert.theta.hex(),
-        "state": cert.state.hex(),
-        "contributors": sorted(cert.contributors),
-        "signers": sorted(cert.signers),
-        "electorate": sorted(cert.electorate),
-    }
 
 
 def _governance(chain: Chain, final_events: list) -> dict:

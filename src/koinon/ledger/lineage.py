@@ -7,6 +7,8 @@ from the ledger:
 - :func:`new_round_chain`: an empty chain under a charter: E_1 = its founders, ``k`` = its ``min_contributors``
   rule (frozen at genesis; the default where the charter has none or a bad one).
 - :func:`round_chain`: a chain fed the round events of a store (insertion order) or of any sequence of events.
+- :func:`replay_final` (with :func:`break_reason`, :func:`certificate_dict`): the audit's strict lineage check of
+  the final log (docs/ledger.md §8).
 - :class:`CutHeights` / :func:`cut_heights`: the certified height after each final cut, from the final log in its
   total order: the input of :func:`koinon.swarm.rounds.governance_in_force`. Incremental: a running peer calls
   :meth:`CutHeights.follow_chain` after every round and only the events of new final cuts are read.
@@ -18,6 +20,7 @@ fed whatever a store holds only tells a peer whom to sync from.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from koinon.governance.rules import rules_or_defaults
@@ -167,3 +170,83 @@ def cut_heights(events: Iterable[Event], cut_sizes: Sequence[int], charter: Even
     tracker = CutHeights(charter)
     by_id = {e.id: e for e in events}
     return list(tracker.follow([e.id for e in events], cut_sizes, by_id.get))
+
+
+@dataclass
+class Lineage:
+    chain: RoundChain | None  # the certificates of the final log (None: no charter)
+    breaks: list[dict]
+    uncertified: set[bytes]  # final round events that agree with no certificate
+    cut_heights: list[int]
+
+
+def replay_final(ids: Sequence[bytes], by_id: dict[bytes, Event], final: Sequence, charter: Event | None) -> Lineage:
+    """For the audit (docs/ledger.md §8): ``ids`` the final log in total order, ``final`` its final cuts. Replay the final log in its total order through the certificate rule (koinon.swarm.rounds.RoundChain).
+
+    A final round event for height h ≥ 2 must start from the θ that the final events before it certified at
+    h − 1; one that does not is a lineage break. Height 1 starts from the genesis θ, which nothing certifies: any
+    prev θ is accepted there, but a height-1 certificate still needs a majority of the founders to agree."""
+    if charter is None:
+        return Lineage(None, [], set(), [])
+    tracker = CutHeights(charter)
+    ends = [int(c.event.body["size"]) for c in final]
+    breaks: list[dict] = []
+    claims = []
+    next_cut = 0
+    for p, event_id in enumerate(ids):
+        e = by_id[event_id]
+        if e.kind == "round":
+            claim = claim_of(e)
+            claims.append((e.id, claim))
+            if claim.height >= 2:
+                cert = tracker.chain.certificate(claim.height - 1)
+                # the canonical θ, or a losing fork's that a late vote also certified (RoundChain.certified): a
+                # peer that built on that fork before the late vote decided it is not the one to blame
+                if not tracker.chain.certified(claim.height - 1, claim.prev):
+                    breaks.append(
+                        {
+                            "position": p,
+                            "id": e.id.hex(),
+                            "author": e.author,
+                            "round": int(e.body["round"]),
+                            "height": claim.height,
+                            "prev_theta": claim.prev.hex(),
+                            "expected": cert.theta.hex() if cert is not None else None,
+                        }
+                    )
+        tracker.add(e)
+        while next_cut < len(ends) and ends[next_cut] <= p + 1:
+            tracker.end_cut()
+            next_cut += 1
+    chain = tracker.chain
+    uncertified = set()
+    for event_id, claim in claims:
+        cert = chain.certificate(claim.height)
+        if cert is None or (cert.prev, cert.theta, cert.state, tuple(sorted(cert.contributors))) != claim.key:
+            uncertified.add(event_id)
+    return Lineage(chain, breaks, uncertified, list(tracker.heights))
+
+
+def break_reason(b: dict) -> str:
+    h = b["height"]
+    why = (
+        f"height {h - 1} is not certified by the final events before it"
+        if b["expected"] is None
+        else f"the θ certified at height {h - 1} is {b['expected'][:16]}…"
+    )
+    return (
+        f"θ lineage break: round event {b['id'][:16]} (final position {b['position']}) by …{b['author'][-8:]} "
+        f"makes height {h} from θ {b['prev_theta'][:16]}…, but {why}"
+    )
+
+
+def certificate_dict(cert: Certificate) -> dict:
+    return {
+        "height": cert.height,
+        "prev_theta": cert.prev.hex(),
+        "theta": cert.theta.hex(),
+        "state": cert.state.hex(),
+        "contributors": sorted(cert.contributors),
+        "signers": sorted(cert.signers),
+        "electorate": sorted(cert.electorate),
+    }

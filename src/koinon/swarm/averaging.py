@@ -56,6 +56,7 @@ from hivemind.utils.streaming import combine_from_streaming
 
 from koinon.aggregation import REDUCERS
 from koinon.aggregation.reducers import reduce
+from koinon.errors import StateError
 from koinon.identity import verify_signature
 from koinon.swarm.compression import get_compression
 from koinon.swarm.compression import install as install_compression
@@ -63,6 +64,69 @@ from koinon.swarm.rounds import GroupDecision, decide_group
 from koinon.swarm.rounds import left_out as _left_out
 
 logger = logging.getLogger("koinon.swarm")
+
+
+MAX_STATE_METADATA = 4096  # bytes of a donor's msgpack metadata (ours is three short fields)
+STATE_TENSORS = 2  # a served state is θ and the outer momentum
+STATE_SLACK = 64 * 1024  # serialization overhead allowed on top of 2 × 4 bytes per parameter
+PART_SLACK = 4096  # bytes an all-reduce part may carry beyond 4 per value of the largest part (protobuf framing)
+
+
+class StateCollector:
+    """One donor's state-download stream, collected within a budget: at most ``STATE_TENSORS`` tensors,
+    ``MAX_STATE_METADATA`` bytes of metadata, and 2 × 4 bytes per parameter of ``size`` (+ ``STATE_SLACK``) in all.
+
+    A donor is any signer of a certificate, and it decides what it streams: without a budget one message more or
+    one byte more would be kept until memory runs out. ``add`` raises :class:`~koinon.errors.StateError` the moment
+    the stream leaves the budget, so a lying donor costs at most the budget before the next signer is tried."""
+
+    def __init__(self, size: int) -> None:
+        self.budget = STATE_TENSORS * size * 4 + STATE_SLACK
+        self.received = 0
+        self.metadata = b""
+        self._parts: list = []
+        self._tensors: list[list] = []
+
+    def add(self, message: averaging_pb2.DownloadData) -> None:
+        self.received += message.ByteSize()
+        if self.received > self.budget:
+            raise StateError(f"the donor streamed over {self.budget} bytes, more than θ and momentum take")
+        if message.metadata:
+            if self.metadata or len(message.metadata) > MAX_STATE_METADATA:
+                raise StateError(f"metadata sent twice or over {MAX_STATE_METADATA} bytes")
+            self.metadata = message.metadata
+        if message.tensor_part.dtype and self._parts:
+            self._tensors.append(self._parts)
+            self._parts = []
+        if message.HasField("tensor_part"):
+            self._parts.append(message.tensor_part)
+        if len(self._tensors) + bool(self._parts) > STATE_TENSORS:
+            raise StateError(f"more than {STATE_TENSORS} tensors")
+
+    def result(self) -> tuple[bytes, list[torch.Tensor]]:
+        """(metadata bytes, tensors); raises StateError if a tensor does not decode."""
+        groups = [*self._tensors, *([self._parts] if self._parts else [])]
+        try:
+            return self.metadata, [deserialize_torch_tensor(combine_from_streaming(g)) for g in groups]
+        except Exception as e:  # malformed bytes from the network
+            raise StateError(f"a served tensor does not decode ({type(e).__name__}: {e})") from e
+
+
+def part_budget(shapes: Sequence[torch.Size]) -> int:
+    """The most bytes one all-reduce part may take: 4 per value of the largest part (float32 is the widest
+    encoding we use) plus ``PART_SLACK``."""
+    return max((s.numel() for s in shapes), default=0) * 4 + PART_SLACK
+
+
+def decode_part(msg: averaging_pb2.AveragingData, most: int) -> tuple[torch.Tensor | None, float, int, str]:
+    """(part, weight, compression, "") or (None, 0, 0, why) for a sender's message: a part over ``most`` bytes is
+    refused before it is decoded (memory stays O(part)), and bytes that do not decode are refused, never raised."""
+    if msg.tensor_part.ByteSize() > most:
+        return None, 0.0, 0, f"a part of {msg.tensor_part.ByteSize()} bytes, over the {most} a part takes"
+    try:
+        return deserialize_torch_tensor(msg.tensor_part), msg.weight, msg.tensor_part.compression, ""
+    except Exception as e:  # malformed bytes from the network: reject the sender, never crash
+        return None, 0.0, 0, f"undecodable part ({type(e).__name__}: {e})"
 
 
 def _peer_key(peer: object) -> str | None:
@@ -248,21 +312,19 @@ class ExactAllReduceRunner(AllReduceRunner):
         sender = self.sender_peer_ids[sender_index]
         part_index = 0
         loop = asyncio.get_event_loop()
-
-        def decode(msg: averaging_pb2.AveragingData) -> tuple[torch.Tensor | None, float, int, str]:
-            try:
-                return deserialize_torch_tensor(msg.tensor_part), msg.weight, msg.tensor_part.compression, ""
-            except Exception as e:  # malformed bytes from the network: reject the sender, never crash
-                return None, 0.0, 0, f"undecodable part ({type(e).__name__}: {e})"
+        shapes = self.tensor_part_reducer.part_shapes
+        most = part_budget(shapes)
 
         try:
             async for part, weight, compression, error in amap_in_executor(
-                decode, stream, max_prefetch=self.tensor_part_container.prefetch
+                lambda msg: decode_part(msg, most), stream, max_prefetch=self.tensor_part_container.prefetch
             ):
-                if error:  # not even a tensor: the stream is garbage, stop listening to it
+                if not error and part_index >= len(shapes):
+                    error = f"more than the {len(shapes)} parts of the all-reduce"
+                if error:  # not even a tensor of ours: the stream is garbage, stop listening to it
                     await self._reject(sender, error)
                     break
-                expected = self.tensor_part_reducer.part_shapes[part_index]
+                expected = shapes[part_index]
                 if sender in self.left_out_peers:
                     # not a contributor this round (group_decision, logged once by ExactAverager): weight 0, and a
                     # zero tensor so that even a NaN it sent cannot reach the accumulator (0 · NaN = NaN)
@@ -403,27 +465,25 @@ class ExactAverager(DecentralizedAverager):
         metadata, tensors = self._state_provider()
         return metadata, tensors, None
 
-    def download_state(self, peer: PeerID, timeout: float) -> tuple[dict, list[torch.Tensor]] | None:
-        """Fetch (metadata, tensors) from one given peer; None if it fails or has nothing to share."""
+    def download_state(self, peer: PeerID, timeout: float, size: int) -> tuple[dict, list[torch.Tensor]] | None:
+        """Fetch (metadata, tensors) from one given peer, at most what θ and momentum of ``size`` parameters take
+        (:class:`StateCollector`); None if it fails, streams more, or has nothing to share."""
         future = MPFuture()
-        self._outer_pipe.send(("_download_state_from", [], dict(peer=peer.to_bytes(), timeout=timeout, future=future)))
+        self._outer_pipe.send(
+            ("_download_state_from", [], dict(peer=peer.to_bytes(), timeout=timeout, size=size, future=future))
+        )
         return future.result(timeout=timeout + 5)
 
-    async def _download_state_from(self, peer: bytes, timeout: float, future) -> None:
+    async def _download_state_from(self, peer: bytes, timeout: float, size: int, future) -> None:
         try:
             stub = self.get_stub(self._p2p, PeerID(peer), namespace=self.prefix)
             stream = await stub.rpc_download_state(averaging_pb2.DownloadRequest())
-            metadata, parts, tensors = None, [], []
+            collector = StateCollector(size)
             async for message in aiter_with_timeout(stream, timeout=timeout):
-                if message.metadata:
-                    metadata = self.serializer.loads(message.metadata)
-                if message.tensor_part.dtype and parts:
-                    tensors.append(deserialize_torch_tensor(combine_from_streaming(parts)))
-                    parts = []
-                parts.append(message.tensor_part)
-            if parts:
-                tensors.append(deserialize_torch_tensor(combine_from_streaming(parts)))
-            future.set_result((metadata, tensors) if metadata else None)
+                collector.add(message)
+            blob, tensors = collector.result()
+            metadata = self.serializer.loads(blob) if blob else None
+            future.set_result((metadata, tensors) if isinstance(metadata, dict) else None)
         except Exception as e:
             logger.info("state download from %s failed: %r", PeerID(peer).to_base58(), e)
             if not future.done():
@@ -434,6 +494,9 @@ __all__ = [
     "ExactAllReduceRunner",
     "ExactAverager",
     "ExactPartReducer",
+    "StateCollector",
+    "decode_part",
+    "part_budget",
     "group_decision",
     "left_out",
 ]

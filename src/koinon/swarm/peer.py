@@ -312,7 +312,11 @@ class Peer:
                 logger.info("%s: syncing from its signers", action.reason)
                 size = self.trainer.theta.numel()
                 got = self.sync.fetch(
-                    action.cert, self.services.download_state, size, self.stop_event, self._certificate
+                    action.cert,
+                    lambda member, size=size: self.services.download_state(member, size),
+                    size,
+                    self.stop_event,
+                    self._certificate,
                 )
                 if got is None:
                     logger.info("height %d: no signer served its certified state; trying later", action.cert.height)

@@ -174,11 +174,12 @@ class PeerServices:
     def live_peers(self) -> dict[str, dict]:
         return self.announcer.live_peers() if self.announcer is not None else {}
 
-    def download_state(self, member: str):
-        """``member``'s served state (metadata, tensors), or None (``StateSync.fetch`` checks it)."""
+    def download_state(self, member: str, size: int):
+        """``member``'s served state (metadata, tensors) for a model of ``size`` parameters, or None
+        (``StateSync.fetch`` checks it)."""
         from hivemind.p2p import PeerID
 
-        return self.averager.download_state(PeerID.from_base58(member), timeout=10.0)
+        return self.averager.download_state(PeerID.from_base58(member), timeout=10.0, size=size)
 
     def average(self) -> torch.Tensor:
         """The group's average Δ̄ that the last all-reduce left in the averager's buffer (a copy)."""

@@ -143,10 +143,14 @@ def test_pages_load_with_live_data_and_are_usable_by_keyboard_and_on_a_phone(swa
     wait_for(lambda: browser.current_url.endswith("/swarm"), 20, "Enter to follow the link")
     # ledger: an event's page carries an inclusion proof that verifies
     browser.find_element(By.LINK_TEXT, "Ledger").click()
-    link = wait_for(
-        lambda: browser.find_elements(By.XPATH, "//tr[td[1][starts-with(., '#')]]//a"), 20, "a final event"
-    )[-1]
-    link.click()
+
+    def open_event() -> bool:  # find and click in one try: a live update may swap the table in between
+        links = browser.find_elements(By.XPATH, "//tr[td[1][starts-with(., '#')]]//a")
+        if links:
+            links[-1].click()
+        return bool(links)
+
+    wait_for(open_event, 20, "a final event to open")
     wait_for(lambda: "verified here" in text(browser, "main"), 30, "the inclusion proof to verify")
     browser.save_screenshot(str(ARTIFACTS / "ledger-event-1280x800.png"))
 
